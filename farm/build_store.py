@@ -1,0 +1,203 @@
+"""A build's state in Redis, and the atomic steps that move it forward.
+
+Stage states go `waiting` -> `queued` -> `running` -> `done` (or `failed`,
+or `cancelled` when a stage it depends on failed). A build's status goes
+`running` -> `built` (the target is done) -> `succeeded` (its tags are
+written), or to `failed`. Each transition that touches several keys is
+one Lua script, so two workers finishing the last two dependencies of a
+stage release it exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+from . import redis_keys as keys
+from .spec import StageResult, StageSpec
+
+_START = """
+local status = redis.call('HGET', KEYS[2], 'status')
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if state == 'done' then return 2 end
+if status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'running')
+redis.call('XADD', KEYS[3], '*', 'type', 'started', 'stage', ARGV[1], 'worker', ARGV[2])
+return 1
+"""
+
+_COMPLETE = """
+redis.call('HSET', KEYS[1], ARGV[1], 'done')
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'type', 'built', 'stage', ARGV[1], 'data', ARGV[2])
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[2], 'status', 'built')
+  redis.call('XADD', KEYS[4], '*', 'type', 'target-built', 'stage', ARGV[1])
+  return {}
+end
+local released = {}
+for i = 5, #ARGV do
+  local dependant = ARGV[i]
+  local pending = ARGV[3] .. dependant
+  redis.call('SREM', pending, ARGV[1])
+  if redis.call('SCARD', pending) == 0 then
+    local state = redis.call('HGET', KEYS[1], dependant)
+    if state == 'waiting' or state == 'queued' then
+      redis.call('HSET', KEYS[1], dependant, 'queued')
+      redis.call('XADD', KEYS[4], '*', 'type', 'queued', 'stage', dependant)
+      table.insert(released, dependant)
+    end
+  end
+end
+return released
+"""
+
+_FAIL = """
+redis.call('HSET', KEYS[1], ARGV[1], 'failed')
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'type', 'failed', 'stage', ARGV[1], 'data', ARGV[2])
+local cancelled = {}
+local states = redis.call('HGETALL', KEYS[1])
+for i = 1, #states, 2 do
+  if states[i + 1] == 'waiting' or states[i + 1] == 'queued' then
+    redis.call('HSET', KEYS[1], states[i], 'cancelled')
+    table.insert(cancelled, states[i])
+  end
+end
+if redis.call('HGET', KEYS[2], 'status') == 'running' then
+  redis.call('HSET', KEYS[2], 'status', 'failed', 'error', ARGV[3])
+  redis.call('XADD', KEYS[4], '*', 'type', 'build-failed', 'stage', ARGV[1], 'cancelled', cjson.encode(cancelled))
+end
+return cancelled
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One progress event of a build, as stored in its Redis stream."""
+
+    id: str
+    type: str
+    fields: dict[str, str]
+
+    @property
+    def stage(self) -> str | None:
+        return self.fields.get("stage")
+
+
+class StartDecision:
+    """What `BuildStore.start` tells a worker to do with a stage it received."""
+
+    SKIP = 0
+    BUILD = 1
+    ALREADY_DONE = 2
+
+
+class BuildStore:
+    """Reads and moves forward the state of builds in one Redis database."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._start = client.register_script(_START)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+
+    def create(self, build_id: str, record: dict[str, str], specs: list[StageSpec]) -> list[str]:
+        """Store a new build in one transaction; return the ids of the stages to queue now."""
+        roots = [spec.id for spec in specs if not spec.needs]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.build(build_id), mapping={**record, "status": "running", "created": str(time.time())})
+        pipe.hset(keys.specs(build_id), mapping={spec.id: spec.to_json() for spec in specs})
+        pipe.hset(
+            keys.states(build_id),
+            mapping={spec.id: "queued" if spec.id in roots else "waiting" for spec in specs},
+        )
+        for spec in specs:
+            if spec.needs:
+                pipe.sadd(keys.pending(build_id, spec.id), *spec.needs)
+        for stage_id in roots:
+            pipe.xadd(keys.events(build_id), {"type": "queued", "stage": stage_id})
+        pipe.execute()
+        return roots
+
+    def spec(self, build_id: str, stage_id: str) -> StageSpec | None:
+        text = self.redis.hget(keys.specs(build_id), stage_id)
+        return StageSpec.from_json(text) if text else None
+
+    def specs(self, build_id: str) -> dict[str, StageSpec]:
+        raw = self.redis.hgetall(keys.specs(build_id))
+        return {k.decode(): StageSpec.from_json(v) for k, v in raw.items()}
+
+    def record(self, build_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(keys.build(build_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def states(self, build_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(keys.states(build_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def result(self, build_id: str, stage_id: str) -> StageResult | None:
+        text = self.redis.hget(keys.results(build_id), stage_id)
+        return StageResult.from_json(text) if text else None
+
+    def start(self, build_id: str, stage_id: str, worker_id: str) -> int:
+        """Mark a stage running on `worker_id`; return a `StartDecision` value."""
+        return int(
+            self._start(
+                keys=[keys.states(build_id), keys.build(build_id), keys.events(build_id)],
+                args=[stage_id, worker_id],
+            )
+        )
+
+    def complete(self, build_id: str, spec: StageSpec, result: StageResult, is_target: bool) -> list[str]:
+        """Mark a stage done; return the dependants it released, now `queued`."""
+        released = self._complete(
+            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
+            args=[spec.id, result.to_json(), keys.pending_prefix(build_id), "1" if is_target else "0", *spec.dependants],
+        )
+        return [stage.decode() for stage in released]
+
+    def fail(self, build_id: str, stage_id: str, result: StageResult) -> list[str]:
+        """Mark a stage and its build failed; return the stages cancelled with it."""
+        cancelled = self._fail(
+            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
+            args=[stage_id, result.to_json(), result.error or "stage failed"],
+        )
+        return [stage.decode() for stage in cancelled]
+
+    def finish(self, build_id: str, status: str, **fields: str) -> None:
+        """Record the end of a build and let its keys expire."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.build(build_id), mapping={"status": status, "finished": str(time.time()), **fields})
+        pipe.xadd(keys.events(build_id), {"type": status, **fields})
+        for key in self._build_keys(build_id):
+            pipe.expire(key, keys.BUILD_TTL_SECONDS)
+        pipe.execute()
+
+    def emit(self, build_id: str, event_type: str, **fields: str) -> None:
+        self.redis.xadd(keys.events(build_id), {"type": event_type, **fields})
+
+    def events(self, build_id: str, after: str = "0", block_ms: int = 1000) -> Iterator[Event]:
+        """Yield the build's events after `after`, waiting up to `block_ms` for new ones."""
+        reply = self.redis.xread({keys.events(build_id): after}, block=block_ms, count=100)
+        for _stream, entries in reply or []:
+            for event_id, raw in entries:
+                fields = {k.decode(): v.decode() for k, v in raw.items()}
+                yield Event(event_id.decode(), fields.get("type", ""), fields)
+
+    def _build_keys(self, build_id: str) -> list[str]:
+        names = [keys.build(build_id), keys.specs(build_id), keys.states(build_id),
+                 keys.results(build_id), keys.events(build_id)]
+        names += [key.decode() for key in self.redis.scan_iter(match=keys.pending_prefix(build_id) + "*")]
+        return names
+
+
+def decode_data(event: Event) -> dict:
+    """Return the JSON `data` field of an event, or an empty dict."""
+    data = event.fields.get("data")
+    return json.loads(data) if data else {}

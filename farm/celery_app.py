@@ -1,0 +1,53 @@
+"""The Celery application shared by the producer and the workers.
+
+Task options follow Celery's documented reliability settings: a stage's
+message is acknowledged only after the stage finished (`acks_late`), it
+goes back to the queue when the worker process dies
+(`reject_on_worker_lost`), and a worker reserves one stage at a time
+(prefetch 1), so a long stage never holds others hostage.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .config import Settings
+
+BUILD_STAGE_TASK = "farm.build_stage"
+QUEUE_PREFIX = "farm.stages."
+
+
+def queue_for(platform: str) -> str:
+    """Return the Celery queue of the workers that build `platform`."""
+    return QUEUE_PREFIX + platform.replace("/", "-")
+
+
+def create_app(settings: Settings) -> Celery:
+    """Create the Celery app for the farm's Redis."""
+    app = Celery("farm", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"socket_connect_timeout": 5},
+        task_default_queue=queue_for("linux/amd64"),
+    )
+    return app
+
+
+def send_stage(app: Celery, build_id: str, stage_id: str, platform: str) -> None:
+    """Queue the build of one stage on its platform's queue.
+
+    The message carries only ids; the stage spec stays in Redis, so no
+    Dockerfile text, build arg or credential travels through the broker.
+    """
+    app.send_task(
+        BUILD_STAGE_TASK,
+        kwargs={"build_id": build_id, "stage_id": stage_id},
+        queue=queue_for(platform),
+    )

@@ -1,0 +1,143 @@
+"""The `farm` command: plan and build Dockerfiles on the farm, run a local farm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from .config import Settings
+from .errors import FarmError
+from .log import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level or os.environ.get("FARM_LOG_LEVEL") or "WARNING")
+    try:
+        return args.run(args)
+    except FarmError as error:
+        print(f"farm: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("farm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="Build Dockerfiles stage by stage on a farm of Buildah workers.")
+    parser.add_argument("--log-level", help="log level for diagnostics on standard error (default: WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build a Dockerfile on the farm and tag the result")
+    _add_dockerfile_arguments(build)
+    build.add_argument("-t", "--tag", action="append", default=[], dest="tags",
+                       help="name the result REGISTRY/REPOSITORY[:TAG] (repeatable)")
+    build.add_argument("--platform", help="platform of the stages, such as linux/amd64 (default: this host's)")
+    build.set_defaults(run=_run_build)
+
+    plan = commands.add_parser("plan", help="print the stage graph a build would queue, without queueing")
+    _add_dockerfile_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=_run_plan)
+
+    workers = commands.add_parser("workers", help="list the live workers")
+    workers.add_argument("--json", action="store_true", help="print the workers as JSON")
+    workers.set_defaults(run=_run_workers)
+
+    from .local_cli import add_local_commands
+
+    add_local_commands(commands)
+    return parser
+
+
+def _add_dockerfile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context", type=Path, help="build context directory")
+    parser.add_argument("-f", "--file", type=Path, dest="dockerfile",
+                        help="Dockerfile path (default: CONTEXT/Dockerfile)")
+    parser.add_argument("--target", help="stage to build (name or index; default: the last stage)")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a build argument (repeatable)")
+
+
+def _build_args(values: list[str]) -> dict[str, str]:
+    args = {}
+    for item in values:
+        name, separator, value = item.partition("=")
+        if not name:
+            raise FarmError(f"invalid --build-arg {item!r}: expected NAME=VALUE")
+        args[name] = value if separator else os.environ.get(name, "")
+    return args
+
+
+def _dockerfile(args: argparse.Namespace) -> Path:
+    return args.dockerfile if args.dockerfile else args.context / "Dockerfile"
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .plan import plan_dockerfile
+
+    plan = plan_dockerfile(_dockerfile(args), args.target, _build_args(args.build_arg))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"{plan.path}: target [bold]{plan.target.id}[/]")
+    for stage in plan.stages:
+        source = stage.base if stage.base else f"stage {plan.graph.stages[stage.base_stage].id}"
+        needs = ", ".join(plan.needs_ids(stage)) or "-"
+        console.print(f"  {stage.index}: [bold]{stage.id}[/] from {source} (line {stage.from_instruction.line}); needs: {needs}")
+    return 0
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from .build_store import BuildStore
+    from .connections import connect_redis
+    from .follow import follow_build
+    from .submit import BuildRequest, submit
+
+    settings = Settings.from_env()
+    request = BuildRequest(
+        dockerfile=_dockerfile(args),
+        context=args.context,
+        tags=args.tags,
+        target=args.target,
+        build_args=_build_args(args.build_arg),
+        platform=args.platform,
+    )
+    console = Console(highlight=False, soft_wrap=True)
+    build = submit(request, settings)
+    console.print(f"build [bold]{build.build_id}[/]: {len(build.specs)} stages, target {build.target_id}")
+    store = BuildStore(connect_redis(settings))
+    follow_build(store, build, settings, console)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from .connections import connect_redis
+    from .fleet import live_workers
+
+    workers = live_workers(connect_redis(Settings.from_env()))
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("id", "mode", "driver", "platforms", "load", "disk free")
+    for worker in workers:
+        table.add_row(
+            worker.get("id", "?"), worker.get("mode", "?"), worker.get("driver", "?"),
+            ",".join(worker.get("platforms", [])), f"{worker.get('load', 0):.2f}",
+            f"{worker.get('disk_free', 0) / 2**30:.1f} GiB",
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

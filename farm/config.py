@@ -1,0 +1,79 @@
+"""Settings shared by the producer and the workers, read from the environment.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `FARM_REDIS_URL` | Redis URL for the Celery broker and the build state | `redis://127.0.0.1:6379/0` |
+| `FARM_REGISTRY` | `host:port` of the shared OCI registry | `127.0.0.1:5000` |
+| `FARM_REGISTRY_INSECURE` | `1` for plain HTTP, `0` for HTTPS | `1` for loopback hosts, else `0` |
+| `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
+| `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+DEFAULT_NAMESPACE = "farm"
+
+_LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the farm's Redis and registry are and how to reach them."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    registry: str = DEFAULT_REGISTRY
+    registry_insecure: bool = True
+    namespace: str = DEFAULT_NAMESPACE
+    mirror_docker_io: bool = False
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read the settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        registry = env.get("FARM_REGISTRY", DEFAULT_REGISTRY).strip().rstrip("/")
+        insecure_default = registry.startswith(_LOOPBACK_HOSTS)
+        return cls(
+            redis_url=env.get("FARM_REDIS_URL", DEFAULT_REDIS_URL),
+            registry=registry,
+            registry_insecure=_flag(env.get("FARM_REGISTRY_INSECURE"), insecure_default),
+            namespace=env.get("FARM_NAMESPACE", DEFAULT_NAMESPACE).strip("/"),
+            mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
+        )
+
+    @property
+    def redis_address(self) -> str:
+        """Return the Redis URL without its password, for messages and logs."""
+        return redact_url(self.redis_url)
+
+    @property
+    def stages_repository(self) -> str:
+        """Return the repository (without registry) that holds stage images."""
+        return f"{self.namespace}/stages"
+
+    @property
+    def contexts_repository(self) -> str:
+        """Return the repository (without registry) that holds context blobs."""
+        return f"{self.namespace}/contexts"
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any user name and password removed."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=host).geturl()
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,216 @@
+"""Build contexts: `.dockerignore` filtering and a reproducible tar.
+
+The same files give the same tar, byte for byte, on any host: entries are
+sorted, owners are 0, and every time stamp is the same fixed date. That
+makes the tar's digest a content address, so a context is uploaded to the
+registry once however many builds use it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ContextError
+from .registry import file_digest
+
+# 1980-01-02 rather than the epoch: zip-based tools (Python wheels, jar)
+# reject file times before 1980, and copied files keep this time.
+FIXED_MTIME = 315619200
+
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    """One `.dockerignore` line: a pattern, whether it re-includes, and its line."""
+
+    pattern: str
+    negated: bool
+    line: int
+    regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """A packed context: the gzip tar's path, digest, size and file count."""
+
+    path: Path
+    digest: str
+    size: int
+    files: int
+
+
+def read_dockerignore(context_dir: Path) -> list[IgnoreRule]:
+    """Read `.dockerignore` at the root of `context_dir`; no file means no rules."""
+    path = context_dir / ".dockerignore"
+    if not path.is_file():
+        return []
+    rules = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        negated = text.startswith("!")
+        pattern = os.path.normpath(text[1:].strip() if negated else text).lstrip("/")
+        if pattern in ("", "."):
+            continue
+        rules.append(IgnoreRule(pattern, negated, number, _compile(pattern)))
+    return rules
+
+
+def is_ignored(relative_path: str, rules: list[IgnoreRule]) -> bool:
+    """Return whether `relative_path` (posix, no leading slash) is excluded.
+
+    The last rule that matches the path, or one of its parent directories,
+    decides, as in Docker.
+    """
+    ignored = False
+    candidates = _self_and_parents(relative_path)
+    for rule in rules:
+        if any(rule.regex.fullmatch(candidate) for candidate in candidates):
+            ignored = not rule.negated
+    return ignored
+
+
+def pack_context(context_dir: Path, destination: Path) -> PackedContext:
+    """Pack `context_dir`, less what `.dockerignore` excludes, into `destination`.
+
+    Raises ContextError for a missing context and for a symbolic link that
+    points outside the context.
+    """
+    context_dir = Path(context_dir)
+    if not context_dir.is_dir():
+        raise ContextError(f"build context not found: {context_dir} is not a directory")
+    rules = read_dockerignore(context_dir)
+
+    count = 0
+    with open(destination, "wb") as raw, gzip.GzipFile(
+        filename="", mode="wb", fileobj=raw, mtime=0
+    ) as compressed, tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for relative in _walk(context_dir, rules):
+            tar.addfile(*_entry(context_dir, relative))
+            count += 1
+
+    return PackedContext(destination, file_digest(destination), destination.stat().st_size, count)
+
+
+def unpack_context(archive: Path, destination: Path) -> None:
+    """Extract a context tar, refusing absolute paths, `..` and links that leave it."""
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            tar.extractall(destination, filter=_checked_member)
+    except (tarfile.FilterError, tarfile.TarError) as error:
+        raise ContextError(f"refusing context archive {archive.name}: {error}") from None
+
+
+def _checked_member(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    # data_filter raises on unsafe members; its changes to modes are not
+    # kept, so copied files have the modes they had in the context.
+    tarfile.data_filter(member, destination)
+    return member
+
+
+def _walk(context_dir: Path, rules: list[IgnoreRule]):
+    """Yield the included paths below `context_dir`, relative and sorted."""
+    may_reinclude = any(rule.negated for rule in rules)
+    for current, directories, files in os.walk(context_dir):
+        relative_dir = os.path.relpath(current, context_dir)
+        relative_dir = "" if relative_dir == "." else relative_dir.replace(os.sep, "/")
+        kept_directories = []
+        for name in sorted(directories):
+            relative = f"{relative_dir}/{name}" if relative_dir else name
+            ignored = is_ignored(relative, rules)
+            if os.path.islink(os.path.join(current, name)):
+                if not ignored:
+                    files.append(name)
+                continue
+            if ignored and not may_reinclude:
+                continue
+            kept_directories.append(name)
+            if not ignored:
+                yield relative
+        directories[:] = kept_directories
+        for name in sorted(files):
+            relative = f"{relative_dir}/{name}" if relative_dir else name
+            if not is_ignored(relative, rules):
+                yield relative
+
+
+def _entry(context_dir: Path, relative: str) -> tuple[tarfile.TarInfo, object]:
+    full = context_dir / relative
+    info = os.lstat(full)
+    entry = tarfile.TarInfo(relative)
+    entry.mtime = FIXED_MTIME
+    entry.mode = stat.S_IMODE(info.st_mode)
+    entry.uid = entry.gid = 0
+    entry.uname = entry.gname = ""
+
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(full)
+        _check_link(context_dir, relative, target)
+        entry.type = tarfile.SYMTYPE
+        entry.linkname = target
+        return entry, None
+    if stat.S_ISDIR(info.st_mode):
+        entry.type = tarfile.DIRTYPE
+        return entry, None
+    if not stat.S_ISREG(info.st_mode):
+        raise ContextError(f"{full}: only regular files, directories and links can be in a build context")
+    entry.size = info.st_size
+    return entry, open(full, "rb")
+
+
+def _check_link(context_dir: Path, relative: str, target: str) -> None:
+    if os.path.isabs(target):
+        raise ContextError(
+            f"{context_dir / relative}: symbolic link to absolute path {target} leaves the build context"
+        )
+    resolved = os.path.normpath(os.path.join(os.path.dirname(relative), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise ContextError(f"{context_dir / relative}: symbolic link to {target} leaves the build context")
+
+
+def _self_and_parents(relative_path: str) -> list[str]:
+    parts = relative_path.split("/")
+    return ["/".join(parts[: end + 1]) for end in range(len(parts))]
+
+
+def _compile(pattern: str) -> re.Pattern:
+    """Translate a Docker ignore pattern (Go filepath.Match plus `**`) to a regex."""
+    out = []
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if pattern.startswith("**", position):
+            position += 2
+            if pattern.startswith("/", position):
+                position += 1
+                out.append("(?:.*/)?")
+            else:
+                out.append(".*")
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            closing = pattern.find("]", position + 1)
+            if closing == -1:
+                out.append(re.escape(char))
+            else:
+                body = pattern[position + 1 : closing].replace("\\", "\\\\")
+                if body.startswith("^"):
+                    body = "!" + body[1:]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                position = closing
+        elif char == "\\" and position + 1 < len(pattern):
+            position += 1
+            out.append(re.escape(pattern[position]))
+        else:
+            out.append(re.escape(char))
+        position += 1
+    return re.compile("".join(out))

@@ -1,0 +1,37 @@
+"""The live fleet: workers whose heartbeat profile is still in Redis."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from . import redis_keys as keys
+from .errors import FarmError
+
+
+def live_workers(client: redis.Redis) -> list[dict]:
+    """Return the profiles of the workers whose heartbeat has not expired."""
+    profiles = []
+    for key in client.scan_iter(match=keys.worker_pattern()):
+        text = client.get(key)
+        if text:
+            profiles.append(json.loads(text))
+    return sorted(profiles, key=lambda profile: profile.get("id", ""))
+
+
+def require_platforms(client: redis.Redis, platforms: set[str]) -> None:
+    """Raise FarmError unless some live worker serves each of `platforms`."""
+    workers = live_workers(client)
+    served = {platform for worker in workers for platform in worker.get("platforms", [])}
+    missing = sorted(platforms - served)
+    if not missing:
+        return
+    if not workers:
+        raise FarmError(
+            f"no live worker serves {', '.join(missing)}: no worker is connected to this Redis; "
+            "start one with farm-worker (or farm local up)"
+        )
+    raise FarmError(
+        f"no live worker serves {', '.join(missing)}; the live workers serve: {', '.join(sorted(served))}"
+    )

@@ -1,0 +1,267 @@
+"""A whole farm on one machine: Redis, a registry and N workers on loopback.
+
+Each service runs as its own process group, started from the binaries of
+Debian's `redis-server` and `docker-registry` packages and from
+`farm-worker`; their PIDs, with their start times so that a reused PID is
+never signalled, are kept in `<directory>/state.json` for `stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+import structlog
+
+from . import redis_keys as keys
+from .errors import FarmError
+
+log = structlog.get_logger(__name__)
+
+_READY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class Service:
+    """One process of the local farm."""
+
+    name: str
+    pid: int
+    started: float
+    log: str
+
+
+@dataclass
+class LocalFarmState:
+    """What `stop` needs: the services and the addresses they serve."""
+
+    redis_url: str
+    registry: str
+    services: list[Service] = field(default_factory=list)
+
+    def environment(self) -> dict[str, str]:
+        """Return the variables that point `farm` and `farm-worker` at this farm."""
+        return {
+            "FARM_REDIS_URL": self.redis_url,
+            "FARM_REGISTRY": self.registry,
+            "FARM_REGISTRY_INSECURE": "1",
+            "FARM_MIRROR_DOCKER_IO": "1",
+        }
+
+
+class LocalFarm:
+    """Starts and stops a local farm whose files live below `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.state_file = self.directory / "state.json"
+
+    # Start
+
+    def start(self, workers: int = 2, redis_port: int = 0, registry_port: int = 0) -> LocalFarmState:
+        """Start Redis, the registry and `workers` workers; wait until all are ready."""
+        if self.state_file.exists():
+            raise FarmError(
+                f"a local farm already runs from {self.directory} (state in {self.state_file}); "
+                "stop it first with: farm local down"
+            )
+        for binary in ("redis-server", "docker-registry", "buildah"):
+            if shutil.which(binary) is None:
+                raise FarmError(f"{binary} not found on PATH; install Debian's {_package(binary)} package")
+        (self.directory / "logs").mkdir(parents=True, exist_ok=True)
+
+        redis_port = redis_port or _free_port()
+        registry_port = registry_port or _free_port()
+        state = LocalFarmState(f"redis://127.0.0.1:{redis_port}/0", f"127.0.0.1:{registry_port}")
+        try:
+            state.services.append(self._start_redis(redis_port))
+            self._save(state)
+            state.services.append(self._start_registry(registry_port))
+            self._save(state)
+            _wait_for_redis(state.redis_url)
+            _wait_for_registry(state.registry)
+            for number in range(1, workers + 1):
+                state.services.append(self.start_worker(state, f"w{number}"))
+                self._save(state)
+            self.wait_for_workers(state, [f"w{n}" for n in range(1, workers + 1)])
+        except BaseException:
+            self.stop()
+            raise
+        (self.directory / "farm.env").write_text(
+            "".join(f"export {name}={value}\n" for name, value in state.environment().items())
+        )
+        return state
+
+    def start_worker(self, state: LocalFarmState, name: str, extra_env: dict[str, str] | None = None) -> Service:
+        """Start one more worker with its own root below the farm's directory."""
+        root = self.directory / "workers" / name
+        command = [_farm_worker(), "--name", name, "--root", str(root)]
+        env = {**os.environ, **state.environment(), **(extra_env or {})}
+        return self._spawn(f"worker-{name}", command, env)
+
+    def wait_for_workers(self, state: LocalFarmState, names: list[str]) -> None:
+        """Wait until each named worker has published its heartbeat."""
+        client = redis.Redis.from_url(state.redis_url)
+        host = socket.gethostname()
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        for name in names:
+            while not client.exists(keys.worker(f"{host}-{name}")):
+                service = next(s for s in state.services if s.name == f"worker-{name}")
+                if not _alive(service):
+                    raise FarmError(f"worker {name} exited during start; see {service.log}:\n{_tail(service.log)}")
+                if time.monotonic() > deadline:
+                    raise FarmError(f"worker {name} did not start within {_READY_TIMEOUT_SECONDS:.0f} s; see {service.log}")
+                time.sleep(0.2)
+
+    # Stop
+
+    def stop(self) -> None:
+        """Stop every service of the farm, workers first, and forget its state."""
+        state = self.load()
+        if state is None:
+            return
+        workers = [s for s in state.services if s.name.startswith("worker-")]
+        others = [s for s in state.services if not s.name.startswith("worker-")]
+        # Workers finish their current stage on SIGTERM (Celery's warm
+        # shutdown), so they get longer than the servers.
+        _terminate(workers, timeout=120)
+        _terminate(list(reversed(others)), timeout=15)
+        self.state_file.unlink(missing_ok=True)
+        (self.directory / "farm.env").unlink(missing_ok=True)
+
+    def load(self) -> LocalFarmState | None:
+        if not self.state_file.exists():
+            return None
+        data = json.loads(self.state_file.read_text())
+        services = [Service(**service) for service in data.pop("services")]
+        return LocalFarmState(**data, services=services)
+
+    # Internals
+
+    def _start_redis(self, port: int) -> Service:
+        data = self.directory / "redis"
+        data.mkdir(exist_ok=True)
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+                   "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        return self._spawn("redis", command, dict(os.environ))
+
+    def _start_registry(self, port: int) -> Service:
+        data = self.directory / "registry"
+        data.mkdir(exist_ok=True)
+        config = self.directory / "registry.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            "storage:\n"
+            f"  filesystem:\n    rootdirectory: {data}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n"
+        )
+        return self._spawn("registry", ["docker-registry", "serve", str(config)], dict(os.environ))
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> Service:
+        log_path = self.directory / "logs" / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        started = psutil.Process(process.pid).create_time()
+        log.info("service started", service=name, pid=process.pid)
+        return Service(name, process.pid, started, str(log_path))
+
+    def _save(self, state: LocalFarmState) -> None:
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+
+
+def _terminate(services: list[Service], timeout: float) -> None:
+    for service in services:
+        if _alive(service):
+            os.kill(service.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in services:
+        while _alive(service) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(service):
+            log.warning("service did not stop in time; killing it", service=service.name, pid=service.pid)
+            os.killpg(service.pid, signal.SIGKILL)
+        _reap(service.pid)
+
+
+def _alive(service: Service) -> bool:
+    """Return whether the process is still the one we started and not a zombie."""
+    try:
+        process = psutil.Process(service.pid)
+        if abs(process.create_time() - service.started) > 1.0:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _wait_for_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise FarmError(f"Redis did not start at {url}") from None
+            time.sleep(0.1)
+
+
+def _wait_for_registry(address: str) -> None:
+    from .registry import RegistryClient
+    from .errors import RegistryUnavailable
+
+    deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+    with RegistryClient(address, insecure=True, timeout=2) as client:
+        while True:
+            try:
+                client.ping()
+                return
+            except RegistryUnavailable:
+                if time.monotonic() > deadline:
+                    raise FarmError(f"the registry did not start at {address}") from None
+                time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _farm_worker() -> str:
+    beside = Path(sys.executable).with_name("farm-worker")
+    return str(beside) if beside.exists() else (shutil.which("farm-worker") or "farm-worker")
+
+
+def _package(binary: str) -> str:
+    return {"redis-server": "redis-server", "docker-registry": "docker-registry"}.get(binary, binary)
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

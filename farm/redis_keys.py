@@ -1,0 +1,59 @@
+"""The Redis key layout of the farm, in one place.
+
+Per build `<id>`:
+
+| key | type | contents |
+| --- | --- | --- |
+| `farm:build:<id>` | hash | status, target, tags (JSON), dockerfile, context digest, times, error |
+| `farm:build:<id>:specs` | hash | stage id -> stage spec (JSON): rendered Dockerfile, key, image, dependants |
+| `farm:build:<id>:states` | hash | stage id -> waiting, queued, running, done, failed or cancelled |
+| `farm:build:<id>:pending:<stage>` | set | ids of the stages `<stage>` still waits for |
+| `farm:build:<id>:results` | hash | stage id -> result (JSON): worker, digest, seconds, line, output |
+| `farm:build:<id>:events` | stream | progress events, read by `farm build` |
+
+Per worker `<id>`: `farm:worker:<id>` (string, JSON profile, expires
+unless the worker renews it). Celery's own queues are `farm.stages.<platform>`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "farm"
+
+# Finished builds are kept this long for `farm build` to read, then expire.
+BUILD_TTL_SECONDS = 7 * 24 * 3600
+
+
+def build(build_id: str) -> str:
+    return f"{PREFIX}:build:{build_id}"
+
+
+def specs(build_id: str) -> str:
+    return f"{build(build_id)}:specs"
+
+
+def states(build_id: str) -> str:
+    return f"{build(build_id)}:states"
+
+
+def pending_prefix(build_id: str) -> str:
+    return f"{build(build_id)}:pending:"
+
+
+def pending(build_id: str, stage_id: str) -> str:
+    return pending_prefix(build_id) + stage_id
+
+
+def results(build_id: str) -> str:
+    return f"{build(build_id)}:results"
+
+
+def events(build_id: str) -> str:
+    return f"{build(build_id)}:events"
+
+
+def worker(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_pattern() -> str:
+    return f"{PREFIX}:worker:*"

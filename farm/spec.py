@@ -1,0 +1,58 @@
+"""What Redis stores about a build and each of its stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StageSpec:
+    """Everything a worker needs to build one stage.
+
+    `dockerfile` is the rendered single-stage file; `image` is the registry
+    reference the result is pushed to; `step_lines` maps each build step
+    (FROM first) to its line in the user's Dockerfile.
+    """
+
+    id: str
+    index: int
+    key: str
+    image: str
+    dockerfile: str
+    step_lines: list[int]
+    needs: list[str]
+    dependants: list[str]
+    platform: str
+    build_args: dict[str, str]
+    context_digest: str | None
+    source_path: str
+    from_line: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StageSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class StageResult:
+    """What a worker reports for a stage it built or failed to build."""
+
+    worker: str
+    digest: str | None = None
+    seconds: float = 0.0
+    line: int | None = None
+    step: str | None = None
+    error: str | None = None
+    output: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StageResult:
+        return cls(**json.loads(text))

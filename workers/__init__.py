@@ -1,0 +1,1 @@
+"""Data plane of the build farm: Celery workers that build stages with Buildah."""

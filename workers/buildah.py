@@ -1,0 +1,151 @@
+"""Run Buildah with a worker's own storage and explicit isolation.
+
+Every invocation passes the storage root, run root and driver as global
+flags (before the verb), and the isolation explicitly, so that the host's
+defaults never decide how a stage is built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_STEP = re.compile(r"^(?:\[\d+/\d+\] )?STEP (\d+)/(\d+): (.*)$")
+_OUTPUT_LINES_KEPT = 400
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a worker's images live and which storage driver manages them."""
+
+    root: Path
+    run_root: Path
+    driver: str
+    mount_program: str | None = None
+
+    def global_flags(self) -> list[str]:
+        flags = ["--root", str(self.root), "--runroot", str(self.run_root), "--storage-driver", self.driver]
+        if self.mount_program:
+            flags += ["--storage-opt", f"overlay.mount_program={self.mount_program}"]
+        return flags
+
+
+@dataclass
+class BuildOutput:
+    """The result of one `buildah bud`: exit code, last step and output tail."""
+
+    returncode: int
+    last_step: int | None = None
+    last_step_text: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def error_line(self) -> str | None:
+        """Return Buildah's last `Error: ...` line, the reason it gives for failing."""
+        for line in reversed(self.lines):
+            if line.startswith("Error: ") or line.startswith("error "):
+                return line
+        return None
+
+
+class BuildahError(Exception):
+    """A Buildah command other than the build itself failed."""
+
+
+class Buildah:
+    """Buildah commands bound to one storage configuration and isolation."""
+
+    def __init__(self, storage: Storage, registries_conf: Path, isolation: str = "chroot") -> None:
+        self.storage = storage
+        self.registries_conf = registries_conf
+        self.isolation = isolation
+
+    def build(
+        self,
+        dockerfile: Path,
+        context: Path,
+        image: str,
+        build_args: dict[str, str],
+        platform: str | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> BuildOutput:
+        """Build `dockerfile` in `context` and tag the result `image`."""
+        command = [*self._base(), "bud", "--isolation", self.isolation, "-f", str(dockerfile), "-t", image]
+        if platform:
+            command += ["--platform", platform]
+        for name, value in sorted(build_args.items()):
+            command += ["--build-arg", f"{name}={value}"]
+        command.append(str(context))
+        return self._stream(command, on_line)
+
+    def push(self, image: str, digest_file: Path) -> str:
+        """Push `image` to its registry and return the manifest digest."""
+        self.run("push", "--digestfile", str(digest_file), image, f"docker://{image}")
+        return digest_file.read_text().strip()
+
+    def run(self, *arguments: str, timeout: float = 600) -> str:
+        """Run one Buildah verb and return its standard output; raise BuildahError on failure."""
+        command = [*self._base(), *arguments]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=self._env(), timeout=timeout, check=False
+        )
+        if completed.returncode != 0:
+            raise BuildahError(
+                f"buildah {arguments[0]} failed (exit {completed.returncode}): {completed.stderr.strip()[-2000:]}"
+            )
+        return completed.stdout
+
+    def remove_containers(self) -> None:
+        """Remove every working container, which also releases their mounts."""
+        try:
+            self.run("rm", "--all", timeout=120)
+        except (BuildahError, subprocess.TimeoutExpired) as error:
+            log.warning("buildah cleanup failed", error=str(error))
+
+    def _base(self) -> list[str]:
+        return ["buildah", *self.storage.global_flags()]
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf)}
+
+    def _stream(self, command: list[str], on_line: Callable[[str], None] | None) -> BuildOutput:
+        output = BuildOutput(returncode=-1)
+        kept: deque[str] = deque(maxlen=_OUTPUT_LINES_KEPT)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=self._env(),
+        )
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            kept.append(line)
+            step = _STEP.match(line)
+            if step:
+                output.last_step, output.last_step_text = int(step.group(1)), step.group(3)
+            if on_line:
+                on_line(line)
+        output.returncode = process.wait()
+        output.lines = list(kept)
+        return output

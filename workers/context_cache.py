@@ -1,0 +1,61 @@
+"""Build contexts fetched from the registry and kept by digest.
+
+A context is downloaded and unpacked once per worker; later stages of
+any build that use the same context digest reuse the unpacked copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from farm.context import unpack_context
+from farm.registry import RegistryClient
+
+log = structlog.get_logger(__name__)
+
+
+class ContextCache:
+    """Unpacked build contexts below `directory`, one folder per digest."""
+
+    def __init__(self, directory: Path, registry: RegistryClient, repository: str) -> None:
+        self.directory = directory
+        self.registry = registry
+        self.repository = repository
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def get(self, digest: str) -> Path:
+        """Return the unpacked context `digest`, downloading it the first time."""
+        target = self.directory / digest.replace(":", "-")
+        if target.is_dir():
+            return target
+
+        # A file lock keeps two processes of one worker from unpacking the
+        # same context at once; the rename makes a half-unpacked folder
+        # impossible to see.
+        with open(self.directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.is_dir():
+                return target
+            scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.directory))
+            try:
+                archive = scratch / "context.tar.gz"
+                self.registry.fetch_blob(self.repository, digest, archive)
+                unpacked = scratch / "context"
+                unpacked.mkdir()
+                unpack_context(archive, unpacked)
+                unpacked.rename(target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        log.info("context fetched", digest=digest)
+        return target
+
+    def empty(self) -> Path:
+        """Return an empty folder, the context of stages that read no files."""
+        path = self.directory / "empty"
+        path.mkdir(exist_ok=True)
+        return path
