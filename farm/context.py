@@ -91,7 +91,7 @@ def pack_context(context_dir: Path, destination: Path) -> PackedContext:
     with open(destination, "wb") as raw, gzip.GzipFile(
         filename="", mode="wb", fileobj=raw, mtime=0
     ) as compressed, tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for relative in _walk(context_dir, rules):
+        for relative in sorted(_walk(context_dir, rules)):
             tar.addfile(*_entry(context_dir, relative))
             count += 1
 
@@ -109,13 +109,17 @@ def unpack_context(archive: Path, destination: Path) -> None:
 
 def _checked_member(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
     # data_filter raises on unsafe members; its changes to modes are not
-    # kept, so copied files have the modes they had in the context.
+    # kept, so copied files have the modes they had in the context. It
+    # would strip a leading slash silently, but a packed context never has
+    # one, so such an archive is refused.
+    if member.name.startswith("/") or member.linkname.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
     tarfile.data_filter(member, destination)
     return member
 
 
 def _walk(context_dir: Path, rules: list[IgnoreRule]):
-    """Yield the included paths below `context_dir`, relative and sorted."""
+    """Yield the included paths below `context_dir`, relative, in posix form."""
     may_reinclude = any(rule.negated for rule in rules)
     for current, directories, files in os.walk(context_dir):
         relative_dir = os.path.relpath(current, context_dir)

@@ -173,15 +173,17 @@ def _continuation_end(lines: list[str], start: int, escape: str) -> int:
 
 
 def _join_continuation(raw_lines: list[str], escape: str) -> str:
+    """Join continued lines as BuildKit does: drop each escape and newline, keep the rest."""
     parts = []
     for number, line in enumerate(raw_lines):
         if number > 0 and _is_blank_or_comment(line):
             continue
-        stripped = line.rstrip()
-        if stripped.endswith(escape):
-            stripped = stripped[: -len(escape)]
-        parts.append(stripped if number == 0 else stripped.lstrip())
-    return " ".join(part for part in parts if part)
+        trimmed = line.rstrip()
+        if trimmed.endswith(escape):
+            parts.append(trimmed[: -len(escape)])
+        else:
+            parts.append(line)
+    return "".join(parts).strip()
 
 
 def _is_blank_or_comment(line: str) -> bool:

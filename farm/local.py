@@ -25,6 +25,7 @@ import structlog
 
 from . import redis_keys as keys
 from .errors import FarmError
+from .registries_conf import registries_conf
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +101,14 @@ class LocalFarm:
         (self.directory / "farm.env").write_text(
             "".join(f"export {name}={value}\n" for name, value in state.environment().items())
         )
+        # For the user's own Buildah: pull the farm's images and its base images.
+        self.registries_conf.write_text(registries_conf(state.registry, insecure=True, mirror_docker_io=True))
         return state
+
+    @property
+    def registries_conf(self) -> Path:
+        """Return the registries.conf that points Buildah at this farm's registry."""
+        return self.directory / "registries.conf"
 
     def start_worker(self, state: LocalFarmState, name: str, extra_env: dict[str, str] | None = None) -> Service:
         """Start one more worker with its own root below the farm's directory."""
