@@ -158,7 +158,13 @@ class BuildStore:
         """Mark a stage done; return the dependants it released, now `queued`."""
         released = self._complete(
             keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
-            args=[spec.id, result.to_json(), keys.pending_prefix(build_id), "1" if is_target else "0", *spec.dependants],
+            args=[
+                spec.id,
+                result.to_json(),
+                keys.pending_prefix(build_id),
+                "1" if is_target else "0",
+                *spec.dependants,
+            ],
         )
         return [stage.decode() for stage in released]
 
@@ -191,8 +197,13 @@ class BuildStore:
                 yield Event(event_id.decode(), fields.get("type", ""), fields)
 
     def _build_keys(self, build_id: str) -> list[str]:
-        names = [keys.build(build_id), keys.specs(build_id), keys.states(build_id),
-                 keys.results(build_id), keys.events(build_id)]
+        names = [
+            keys.build(build_id),
+            keys.specs(build_id),
+            keys.states(build_id),
+            keys.results(build_id),
+            keys.events(build_id),
+        ]
         names += [key.decode() for key in self.redis.scan_iter(match=keys.pending_prefix(build_id) + "*")]
         return names
 

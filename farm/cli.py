@@ -30,15 +30,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="farm", description="Build Dockerfiles stage by stage on a farm of Buildah workers.")
+    parser = argparse.ArgumentParser(
+        prog="farm", description="Build Dockerfiles stage by stage on a farm of Buildah workers."
+    )
     parser.add_argument("--log-level", help="log level for diagnostics on standard error (default: WARNING)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build a Dockerfile on the farm and tag the result")
     _add_dockerfile_arguments(build)
-    build.add_argument("-t", "--tag", action="append", default=[], dest="tags",
-                       help="name the result REGISTRY/REPOSITORY[:TAG] (repeatable)")
-    build.add_argument("--platform", help="platform of the stages, such as linux/amd64 (default: this host's)")
+    build.add_argument(
+        "-t",
+        "--tag",
+        action="append",
+        default=[],
+        dest="tags",
+        help="name the result REGISTRY/REPOSITORY[:TAG] (repeatable)",
+    )
+    build.add_argument(
+        "--platform", help="platform of the stages, such as linux/amd64 (default: this host's)"
+    )
     build.set_defaults(run=_run_build)
 
     plan = commands.add_parser("plan", help="print the stage graph a build would queue, without queueing")
@@ -58,11 +68,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_dockerfile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context", type=Path, help="build context directory")
-    parser.add_argument("-f", "--file", type=Path, dest="dockerfile",
-                        help="Dockerfile path (default: CONTEXT/Dockerfile)")
+    parser.add_argument(
+        "-f", "--file", type=Path, dest="dockerfile", help="Dockerfile path (default: CONTEXT/Dockerfile)"
+    )
     parser.add_argument("--target", help="stage to build (name or index; default: the last stage)")
-    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
-                        help="set a build argument (repeatable)")
+    parser.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a build argument (repeatable)",
+    )
 
 
 def _build_args(values: list[str]) -> dict[str, str]:
@@ -91,7 +107,9 @@ def _run_plan(args: argparse.Namespace) -> int:
     for stage in plan.stages:
         source = stage.base if stage.base else f"stage {plan.graph.stages[stage.base_stage].id}"
         needs = ", ".join(plan.needs_ids(stage)) or "-"
-        console.print(f"  {stage.index}: [bold]{stage.id}[/] from {source} (line {stage.from_instruction.line}); needs: {needs}")
+        console.print(
+            f"  {stage.index}: [bold]{stage.id}[/] from {source} (line {stage.from_instruction.line}); needs: {needs}"
+        )
     return 0
 
 
@@ -131,8 +149,11 @@ def _run_workers(args: argparse.Namespace) -> int:
     table = Table("id", "mode", "driver", "platforms", "load", "disk free")
     for worker in workers:
         table.add_row(
-            worker.get("id", "?"), worker.get("mode", "?"), worker.get("driver", "?"),
-            ",".join(worker.get("platforms", [])), f"{worker.get('load', 0):.2f}",
+            worker.get("id", "?"),
+            worker.get("mode", "?"),
+            worker.get("driver", "?"),
+            ",".join(worker.get("platforms", [])),
+            f"{worker.get('load', 0):.2f}",
             f"{worker.get('disk_free', 0) / 2**30:.1f} GiB",
         )
     Console().print(table)

@@ -16,9 +16,7 @@ from .registry import RegistryClient
 def connect_redis(settings: Settings, check: bool = True) -> redis.Redis:
     """Return a Redis client for `settings.redis_url`, pinged when `check`."""
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
-        )
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
     except ValueError as error:
         raise RedisUnavailable(f"invalid FARM_REDIS_URL {settings.redis_address}: {error}") from None
     if check:

@@ -88,9 +88,11 @@ def pack_context(context_dir: Path, destination: Path) -> PackedContext:
     rules = read_dockerignore(context_dir)
 
     count = 0
-    with open(destination, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0
-    ) as compressed, tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        open(destination, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for relative in sorted(_walk(context_dir, rules)):
             tar.addfile(*_entry(context_dir, relative))
             count += 1

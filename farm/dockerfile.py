@@ -109,9 +109,7 @@ def parse_dockerfile(text: str, path: str = "Dockerfile") -> DockerfileSource:
 
     for instruction in instructions:
         if instruction.keyword not in INSTRUCTIONS:
-            raise DockerfileError(
-                path, instruction.line, f"unknown instruction {instruction.keyword}"
-            )
+            raise DockerfileError(path, instruction.line, f"unknown instruction {instruction.keyword}")
     return DockerfileSource(path, instructions, directives)
 
 
@@ -129,9 +127,7 @@ def _read_directives(lines: list[str]) -> dict[str, str]:
     return directives
 
 
-def _correct_entries(
-    entries: list[dict], lines: list[str], escape: str, path: str
-) -> list[Instruction]:
+def _correct_entries(entries: list[dict], lines: list[str], escape: str, path: str) -> list[Instruction]:
     """Rebuild instructions from dockerfile-parse's entries and the raw lines."""
     instructions: list[Instruction] = []
     consumed_until = -1  # 0-based index of the last raw line already used

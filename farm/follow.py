@@ -46,12 +46,16 @@ def follow_build(store: BuildStore, build: SubmittedBuild, settings: Settings, c
         _check_alive(store, build, console, last_event_at)
 
 
-def _handle(event: Event, store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console) -> str | None:
+def _handle(
+    event: Event, store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console
+) -> str | None:
     stage = event.stage
     if event.type == "queued":
         console.print(f"[dim]queued[/]    stage {escape(stage)}")
     elif event.type == "started":
-        console.print(f"[cyan]building[/]  stage {escape(stage)} on worker {escape(event.fields.get('worker', '?'))}")
+        console.print(
+            f"[cyan]building[/]  stage {escape(stage)} on worker {escape(event.fields.get('worker', '?'))}"
+        )
     elif event.type == "built":
         data = decode_data(event)
         console.print(
@@ -84,12 +88,16 @@ def _finish(store: BuildStore, build: SubmittedBuild, settings: Settings, consol
 def _print_failure(data: dict, stage: str | None, build: SubmittedBuild, console: Console) -> None:
     location = f"{build.plan.path}:{data.get('line')}" if data.get("line") else build.plan.path
     step = data.get("step") or ""
-    console.print(f"[bold red]failed[/]    stage {escape(stage or '?')} at {escape(location)}: {escape(step)}")
+    console.print(
+        f"[bold red]failed[/]    stage {escape(stage or '?')} at {escape(location)}: {escape(step)}"
+    )
     if data.get("error"):
         console.print(f"  {escape(data['error'])}")
     output = data.get("output") or ""
     if output:
-        console.print(f"[dim]--- Buildah output of stage {escape(stage or '?')} on {escape(data.get('worker', '?'))} ---[/]")
+        console.print(
+            f"[dim]--- Buildah output of stage {escape(stage or '?')} on {escape(data.get('worker', '?'))} ---[/]"
+        )
         console.print(escape(output.rstrip()), highlight=False, markup=True)
         console.print("[dim]--- end of output ---[/]")
 

@@ -110,7 +110,9 @@ class LocalFarm:
         """Return the registries.conf that points Buildah at this farm's registry."""
         return self.directory / "registries.conf"
 
-    def start_worker(self, state: LocalFarmState, name: str, extra_env: dict[str, str] | None = None) -> Service:
+    def start_worker(
+        self, state: LocalFarmState, name: str, extra_env: dict[str, str] | None = None
+    ) -> Service:
         """Start one more worker with its own root below the farm's directory."""
         root = self.directory / "workers" / name
         command = [_farm_worker(), "--name", name, "--root", str(root)]
@@ -126,9 +128,13 @@ class LocalFarm:
             while not client.exists(keys.worker(f"{host}-{name}")):
                 service = next(s for s in state.services if s.name == f"worker-{name}")
                 if not _alive(service):
-                    raise FarmError(f"worker {name} exited during start; see {service.log}:\n{_tail(service.log)}")
+                    raise FarmError(
+                        f"worker {name} exited during start; see {service.log}:\n{_tail(service.log)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise FarmError(f"worker {name} did not start within {_READY_TIMEOUT_SECONDS:.0f} s; see {service.log}")
+                    raise FarmError(
+                        f"worker {name} did not start within {_READY_TIMEOUT_SECONDS:.0f} s; see {service.log}"
+                    )
                 time.sleep(0.2)
 
     # Stop
@@ -159,8 +165,21 @@ class LocalFarm:
     def _start_redis(self, port: int) -> Service:
         data = self.directory / "redis"
         data.mkdir(exist_ok=True)
-        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-                   "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        command = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         return self._spawn("redis", command, dict(os.environ))
 
     def _start_registry(self, port: int) -> Service:
@@ -181,8 +200,12 @@ class LocalFarm:
         log_path = self.directory / "logs" / f"{name}.log"
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         started = psutil.Process(process.pid).create_time()
         log.info("service started", service=name, pid=process.pid)
@@ -238,8 +261,8 @@ def _wait_for_redis(url: str) -> None:
 
 
 def _wait_for_registry(address: str) -> None:
-    from .registry import RegistryClient
     from .errors import RegistryUnavailable
+    from .registry import RegistryClient
 
     deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
     with RegistryClient(address, insecure=True, timeout=2) as client:

@@ -16,24 +16,36 @@ def add_local_commands(commands) -> None:
 
     up = actions.add_parser("up", help="start a local farm and print the variables that point at it")
     up.add_argument("--workers", type=int, default=2, help="number of workers (default: 2)")
-    up.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)")
+    up.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)"
+    )
     up.set_defaults(run=_run_up)
 
     down = actions.add_parser("down", help="stop the local farm started from --dir")
-    down.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)")
+    down.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)"
+    )
     down.set_defaults(run=_run_down)
 
     env = actions.add_parser("env", help="print shell exports for the running local farm")
-    env.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)")
+    env.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)"
+    )
     env.set_defaults(run=_run_env)
 
     images = commands.add_parser(
         "base-images",
         help="make busybox and debian base images without internet and push them to FARM_REGISTRY",
     )
-    images.add_argument("--debian", action="store_true", help="also make debian:bookworm (debootstrap, about 30 s)")
-    images.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY / "base-images",
-                        help="work directory, kept to make the next run faster (default: .farm/base-images)")
+    images.add_argument(
+        "--debian", action="store_true", help="also make debian:bookworm (debootstrap, about 30 s)"
+    )
+    images.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DIRECTORY / "base-images",
+        help="work directory, kept to make the next run faster (default: .farm/base-images)",
+    )
     images.set_defaults(run=_run_base_images)
 
 

@@ -18,9 +18,7 @@ def configure_logging(level: str | None = None, stream=None) -> None:
     stream = stream or sys.stderr
     level_name = (level or os.environ.get("FARM_LOG_LEVEL") or "INFO").upper()
     renderer = (
-        structlog.dev.ConsoleRenderer(colors=True)
-        if stream.isatty()
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=True) if stream.isatty() else structlog.processors.JSONRenderer()
     )
     shared = [
         structlog.contextvars.merge_contextvars,

@@ -61,9 +61,7 @@ class RegistryClient:
         # The transport retries failed connection attempts only; HTTP errors
         # come back to the caller unchanged.
         transport = httpx.HTTPTransport(retries=3)
-        self._http = httpx.Client(
-            base_url=f"{scheme}://{registry}", timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(base_url=f"{scheme}://{registry}", timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -82,8 +80,7 @@ class RegistryClient:
         response = self._request("GET", "/v2/")
         if response.status_code not in (200, 401):
             raise RegistryError(
-                f"{self.registry} is not an OCI registry: GET /v2/ returned "
-                f"HTTP {response.status_code}"
+                f"{self.registry} is not an OCI registry: GET /v2/ returned HTTP {response.status_code}"
             )
 
     # Blobs

@@ -197,9 +197,7 @@ def _read_from(
         if any(stage.name == name for stage in stages):
             raise DockerfileError(path, instruction.line, f"duplicate stage name {words[2]!r}")
     elif len(words) != 1:
-        raise DockerfileError(
-            path, instruction.line, "FROM takes an image and an optional 'AS name'"
-        )
+        raise DockerfileError(path, instruction.line, "FROM takes an image and an optional 'AS name'")
 
     image = _expand(words[0], values, path, instruction.line).strip()
     if not image:
@@ -245,8 +243,10 @@ def _resolve(text: str, stage: Stage, stages: list[Stage], path: str, line: int)
         index = int(lowered)
         if index >= stage.index:
             raise DockerfileError(
-                path, line, f"--from={text} refers to stage {index}, which is not an earlier stage "
-                f"(this is stage {stage.index})"
+                path,
+                line,
+                f"--from={text} refers to stage {index}, which is not an earlier stage "
+                f"(this is stage {stage.index})",
             )
         return index
     if lowered == stage.name:
@@ -285,7 +285,9 @@ def check_later_references(graph: StageGraph) -> None:
                         "move it before this stage",
                     )
                 if later is not None and later == stage.index:
-                    raise DockerfileError(graph.path, instruction.line, f"stage {lowered!r} reads from itself")
+                    raise DockerfileError(
+                        graph.path, instruction.line, f"stage {lowered!r} reads from itself"
+                    )
 
 
 def _expand(text: str, values: dict[str, str | None], path: str, line: int) -> str:

@@ -62,4 +62,3 @@ class Heartbeat:
                 failures += 1
                 if failures == 1 or failures % 12 == 0:
                     log.warning("heartbeat failed", error=str(error), failures=failures)
-

@@ -38,13 +38,23 @@ DEFAULT_ROOT = Path("/var/lib/farm-worker")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="farm-worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default=os.environ.get("FARM_WORKER_NAME"),
-                        help="suffix of the worker id (HOST-NAME); default: one generated and kept in --root")
-    parser.add_argument("--root", type=Path, default=None,
-                        help=f"directory for storage, contexts and work files (default: {DEFAULT_ROOT}/NAME)")
-    parser.add_argument("--storage-driver", choices=["auto", "overlay", "vfs"],
-                        default=os.environ.get("FARM_BUILDAH_STORAGE_DRIVER", "auto"),
-                        help="storage driver (default: auto, overlay when a test mount works, else vfs)")
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("FARM_WORKER_NAME"),
+        help="suffix of the worker id (HOST-NAME); default: one generated and kept in --root",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help=f"directory for storage, contexts and work files (default: {DEFAULT_ROOT}/NAME)",
+    )
+    parser.add_argument(
+        "--storage-driver",
+        choices=["auto", "overlay", "vfs"],
+        default=os.environ.get("FARM_BUILDAH_STORAGE_DRIVER", "auto"),
+        help="storage driver (default: auto, overlay when a test mount works, else vfs)",
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="stages built at once (default: 1)")
     parser.add_argument("--log-level", default=None, help="log level (default: FARM_LOG_LEVEL or INFO)")
     return parser.parse_args(argv)
@@ -122,7 +132,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     }
     heartbeat = Heartbeat(redis_client, worker_id, profile, str(root))
     heartbeat.start()
-    log.info("worker starting", worker=worker_id, root=str(root), driver=storage.driver, queue=queue_for(platform))
+    log.info(
+        "worker starting", worker=worker_id, root=str(root), driver=storage.driver, queue=queue_for(platform)
+    )
     try:
         app.Worker(
             hostname=f"{worker_id}@{socket.gethostname()}",

@@ -82,7 +82,10 @@ class StageRunner:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
             output = self.buildah.build(
-                dockerfile, context, spec.image, spec.build_args,
+                dockerfile,
+                context,
+                spec.image,
+                spec.build_args,
                 on_line=lambda line: bound.debug("buildah", line=line),
             )
             if not output.ok:

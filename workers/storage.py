@@ -20,7 +20,9 @@ DRIVERS = ("overlay", "vfs")
 
 def storage_for(worker_root: Path, driver: str) -> Storage:
     """Return the storage layout of `driver` below `worker_root`."""
-    return Storage(root=worker_root / f"storage-{driver}", run_root=worker_root / f"run-{driver}", driver=driver)
+    return Storage(
+        root=worker_root / f"storage-{driver}", run_root=worker_root / f"run-{driver}", driver=driver
+    )
 
 
 def check_storage(storage: Storage, registries_conf: Path) -> str | None:
