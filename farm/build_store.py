@@ -1,9 +1,9 @@
 """A build's state in Redis, and the atomic steps that move it forward.
 
 Stage states go `waiting` -> `queued` -> `running` -> `done` (or `failed`,
-or `cancelled` when a stage it depends on failed). A build's status goes
-`running` -> `built` (the target is done) -> `succeeded` (its tags are
-written), or to `failed`. Each transition that touches several keys is
+or `cancelled` when a stage it depends on failed). A build's status is
+`running` until `farm build` has written the tags of every entry whose
+target was built; then it is `succeeded`, or `failed` when any entry failed. Each transition that touches several keys is
 one Lua script, so two workers finishing the last two dependencies of a
 stage release it exactly once.
 """
@@ -34,12 +34,10 @@ _COMPLETE = """
 redis.call('HSET', KEYS[1], ARGV[1], 'done')
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'built', 'stage', ARGV[1], 'data', ARGV[2])
-if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
 if ARGV[4] == '1' then
-  redis.call('HSET', KEYS[2], 'status', 'built')
   redis.call('XADD', KEYS[4], '*', 'type', 'target-built', 'stage', ARGV[1])
-  return {}
 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
 local released = {}
 for i = 5, #ARGV do
   local dependant = ARGV[i]
@@ -62,17 +60,14 @@ redis.call('HSET', KEYS[1], ARGV[1], 'failed')
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'failed', 'stage', ARGV[1], 'data', ARGV[2])
 local cancelled = {}
-local states = redis.call('HGETALL', KEYS[1])
-for i = 1, #states, 2 do
-  if states[i + 1] == 'waiting' or states[i + 1] == 'queued' then
-    redis.call('HSET', KEYS[1], states[i], 'cancelled')
-    table.insert(cancelled, states[i])
+for i = 3, #ARGV do
+  local state = redis.call('HGET', KEYS[1], ARGV[i])
+  if state == 'waiting' or state == 'queued' then
+    redis.call('HSET', KEYS[1], ARGV[i], 'cancelled')
+    table.insert(cancelled, ARGV[i])
   end
 end
-if redis.call('HGET', KEYS[2], 'status') == 'running' then
-  redis.call('HSET', KEYS[2], 'status', 'failed', 'error', ARGV[3])
-  redis.call('XADD', KEYS[4], '*', 'type', 'build-failed', 'stage', ARGV[1], 'cancelled', cjson.encode(cancelled))
-end
+redis.call('XADD', KEYS[4], '*', 'type', 'cancelled', 'stage', ARGV[1], 'cancelled', cjson.encode(cancelled))
 return cancelled
 """
 
@@ -107,19 +102,44 @@ class BuildStore:
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
 
-    def create(self, build_id: str, record: dict[str, str], specs: list[StageSpec]) -> list[str]:
-        """Store a new build in one transaction; return the ids of the stages to queue now."""
-        roots = [spec.id for spec in specs if not spec.needs]
+    def create(
+        self,
+        build_id: str,
+        record: dict[str, str],
+        specs: list[StageSpec],
+        cached: dict[str, StageResult] | None = None,
+    ) -> list[str]:
+        """Store a new build in one transaction; return the ids of the stages to queue now.
+
+        Cached stages are stored as done, with their results, and their
+        events come first, so a follower sees them like any finished stage.
+        """
+        cached = cached or {}
+        roots = [spec.id for spec in specs if spec.id not in cached and all(n in cached for n in spec.needs)]
+        states = {
+            spec.id: "done" if spec.id in cached else "queued" if spec.id in roots else "waiting"
+            for spec in specs
+        }
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.build(build_id), mapping={**record, "status": "running", "created": str(time.time())})
         pipe.hset(keys.specs(build_id), mapping={spec.id: spec.to_json() for spec in specs})
-        pipe.hset(
-            keys.states(build_id),
-            mapping={spec.id: "queued" if spec.id in roots else "waiting" for spec in specs},
-        )
+        pipe.hset(keys.states(build_id), mapping=states)
+        if cached:
+            pipe.hset(
+                keys.results(build_id), mapping={node: result.to_json() for node, result in cached.items()}
+            )
         for spec in specs:
-            if spec.needs:
-                pipe.sadd(keys.pending(build_id, spec.id), *spec.needs)
+            waiting_for = [need for need in spec.needs if need not in cached]
+            if waiting_for and spec.id not in cached:
+                pipe.sadd(keys.pending(build_id, spec.id), *waiting_for)
+        for spec in specs:
+            if spec.id in cached:
+                pipe.xadd(
+                    keys.events(build_id),
+                    {"type": "cached", "stage": spec.id, "data": cached[spec.id].to_json()},
+                )
+                if spec.is_target:
+                    pipe.xadd(keys.events(build_id), {"type": "target-built", "stage": spec.id})
         for stage_id in roots:
             pipe.xadd(keys.events(build_id), {"type": "queued", "stage": stage_id})
         pipe.execute()
@@ -154,7 +174,7 @@ class BuildStore:
             )
         )
 
-    def complete(self, build_id: str, spec: StageSpec, result: StageResult, is_target: bool) -> list[str]:
+    def complete(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
         """Mark a stage done; return the dependants it released, now `queued`."""
         released = self._complete(
             keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
@@ -162,17 +182,17 @@ class BuildStore:
                 spec.id,
                 result.to_json(),
                 keys.pending_prefix(build_id),
-                "1" if is_target else "0",
+                "1" if spec.is_target else "0",
                 *spec.dependants,
             ],
         )
         return [stage.decode() for stage in released]
 
-    def fail(self, build_id: str, stage_id: str, result: StageResult) -> list[str]:
-        """Mark a stage and its build failed; return the stages cancelled with it."""
+    def fail(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
+        """Mark a stage failed and cancel its descendants; return the stages cancelled."""
         cancelled = self._fail(
             keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
-            args=[stage_id, result.to_json(), result.error or "stage failed"],
+            args=[spec.id, result.to_json(), *spec.descendants],
         )
         return [stage.decode() for stage in cancelled]
 

@@ -17,9 +17,15 @@ BUILD_STAGE_TASK = "farm.build_stage"
 QUEUE_PREFIX = "farm.stages."
 
 
-def queue_for(platform: str) -> str:
-    """Return the Celery queue of the workers that build `platform`."""
-    return QUEUE_PREFIX + platform.replace("/", "-")
+def queue_for(platform: str, native: bool = False) -> str:
+    """Return the Celery queue for stages of `platform`.
+
+    Every worker that builds `platform` serves its shared queue; workers
+    that build it natively (not under emulation) also serve the `native`
+    queue, which the producer uses while such a worker is live.
+    """
+    queue = QUEUE_PREFIX + platform.replace("/", "-")
+    return queue + ".native" if native else queue
 
 
 def create_app(settings: Settings) -> Celery:
@@ -40,14 +46,10 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-def send_stage(app: Celery, build_id: str, stage_id: str, platform: str) -> None:
-    """Queue the build of one stage on its platform's queue.
+def send_stage(app: Celery, build_id: str, stage_id: str, queue: str) -> None:
+    """Queue the build of one stage on `queue` (see `queue_for`).
 
     The message carries only ids; the stage spec stays in Redis, so no
     Dockerfile text, build arg or credential travels through the broker.
     """
-    app.send_task(
-        BUILD_STAGE_TASK,
-        kwargs={"build_id": build_id, "stage_id": stage_id},
-        queue=queue_for(platform),
-    )
+    app.send_task(BUILD_STAGE_TASK, kwargs={"build_id": build_id, "stage_id": stage_id}, queue=queue)

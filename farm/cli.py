@@ -14,6 +14,8 @@ from .config import Settings
 from .errors import FarmError
 from .log import configure_logging
 
+BATCH_SUFFIXES = (".yaml", ".yml", ".json")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -36,18 +38,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="log level for diagnostics on standard error (default: WARNING)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="build a Dockerfile on the farm and tag the result")
-    _add_dockerfile_arguments(build)
+    build = commands.add_parser(
+        "build",
+        help="build a Dockerfile, or a batch file of many, on the farm and tag the results",
+        description="Build on the farm. With -f BATCH.yaml (or .yml, .json) every target of the batch "
+        "file is built and CONTEXT is not needed.",
+    )
+    _add_dockerfile_arguments(build, context_required=False)
     build.add_argument(
         "-t",
         "--tag",
         action="append",
         default=[],
         dest="tags",
-        help="name the result REGISTRY/REPOSITORY[:TAG] (repeatable)",
+        help="name the result [REGISTRY/]REPOSITORY[:TAG] (repeatable)",
     )
     build.add_argument(
-        "--platform", help="platform of the stages, such as linux/amd64 (default: this host's)"
+        "--platform", help="comma-separated platforms, such as linux/amd64,linux/arm64 (default: this host's)"
+    )
+    build.add_argument(
+        "--no-cache", action="store_true", help="build every stage even when its key is in the registry"
+    )
+    build.add_argument(
+        "--json", action="store_true", help="print the result as JSON; progress goes to standard error"
     )
     build.set_defaults(run=_run_build)
 
@@ -66,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dockerfile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("context", type=Path, help="build context directory")
+def _add_dockerfile_arguments(parser: argparse.ArgumentParser, context_required: bool = True) -> None:
+    parser.add_argument(
+        "context", type=Path, nargs=None if context_required else "?", help="build context directory"
+    )
     parser.add_argument(
         "-f", "--file", type=Path, dest="dockerfile", help="Dockerfile path (default: CONTEXT/Dockerfile)"
     )
@@ -116,24 +131,58 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _run_build(args: argparse.Namespace) -> int:
     from .build_store import BuildStore
     from .connections import connect_redis
-    from .follow import follow_build
-    from .submit import BuildRequest, submit
+    from .follow import BuildFollower
+    from .report import print_json_outcome, print_summary
+    from .submit import submit
 
     settings = Settings.from_env()
-    request = BuildRequest(
-        dockerfile=_dockerfile(args),
-        context=args.context,
-        tags=args.tags,
-        target=args.target,
-        build_args=_build_args(args.build_arg),
-        platform=args.platform,
-    )
-    console = Console(highlight=False, soft_wrap=True)
-    build = submit(request, settings)
-    console.print(f"build [bold]{build.build_id}[/]: {len(build.specs)} stages, target {build.target_id}")
-    store = BuildStore(connect_redis(settings))
-    follow_build(store, build, settings, console)
-    return 0
+    entries = _build_entries(args)
+    console = Console(highlight=False, soft_wrap=True, stderr=args.json)
+    build = submit(entries, settings, use_cache=not args.no_cache)
+    console.print(f"build [bold]{build.build_id}[/]: {len(build.specs)} stages, {len(build.cached)} cached")
+    outcome = BuildFollower(BuildStore(connect_redis(settings)), build, settings, console).follow()
+    if args.json:
+        print_json_outcome(outcome, build)
+    elif len(outcome.entries) > 1 or not outcome.succeeded:
+        print_summary(outcome, console)
+    return 0 if outcome.succeeded else 1
+
+
+def _build_entries(args: argparse.Namespace) -> list:
+    from .batch import BuildEntry, load_batch
+
+    if args.dockerfile is not None and args.dockerfile.suffix in BATCH_SUFFIXES:
+        if args.tags or args.target or args.build_arg or args.context is not None:
+            raise FarmError(
+                "a batch file sets contexts, tags, targets and build args itself; give only -f BATCH"
+            )
+        entries = load_batch(args.dockerfile)
+        if args.platform:
+            for entry in entries:
+                entry.platforms = entry.platforms or _platforms(args.platform)
+        return entries
+
+    if args.context is None:
+        raise FarmError("missing build context: farm build [options] CONTEXT (or -f BATCH.yaml)")
+    return [
+        BuildEntry(
+            name=args.context.resolve().name or "build",
+            context=args.context,
+            dockerfile=_dockerfile(args),
+            target=args.target,
+            tags=args.tags,
+            build_args=_build_args(args.build_arg),
+            platforms=_platforms(args.platform) if args.platform else [],
+        )
+    ]
+
+
+def _platforms(value: str) -> list[str]:
+    platforms = [item.strip() for item in value.split(",") if item.strip()]
+    for platform in platforms:
+        if platform.count("/") not in (1, 2):
+            raise FarmError(f"invalid platform {platform!r}: expected OS/ARCH[/VARIANT], such as linux/arm64")
+    return platforms
 
 
 def _run_workers(args: argparse.Namespace) -> int:

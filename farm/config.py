@@ -7,6 +7,7 @@
 | `FARM_REGISTRY_INSECURE` | `1` for plain HTTP, `0` for HTTPS | `1` for loopback hosts, else `0` |
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
+| `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Settings:
     registry_insecure: bool = True
     namespace: str = DEFAULT_NAMESPACE
     mirror_docker_io: bool = False
+    layer_cache: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -44,6 +46,7 @@ class Settings:
             registry_insecure=_flag(env.get("FARM_REGISTRY_INSECURE"), insecure_default),
             namespace=env.get("FARM_NAMESPACE", DEFAULT_NAMESPACE).strip("/"),
             mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
+            layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
         )
 
     @property
@@ -55,6 +58,11 @@ class Settings:
     def stages_repository(self) -> str:
         """Return the repository (without registry) that holds stage images."""
         return f"{self.namespace}/stages"
+
+    @property
+    def layer_cache_repository(self) -> str | None:
+        """Return the registry repository of shared step layers, or None when disabled."""
+        return f"{self.registry}/{self.namespace}/cache" if self.layer_cache else None
 
     @property
     def contexts_repository(self) -> str:

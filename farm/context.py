@@ -9,6 +9,7 @@ registry once however many builds use it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import stat
@@ -36,12 +37,22 @@ class IgnoreRule:
 
 @dataclass(frozen=True)
 class PackedContext:
-    """A packed context: the gzip tar's path, digest, size and file count."""
+    """A packed context: the gzip tar's path, digest and size, and what it holds.
+
+    `index` maps each packed path to a fingerprint of that entry (its
+    mode and content digest, link target, or directory mode), so a stage
+    key can cover just the files a stage copies.
+    """
 
     path: Path
     digest: str
     size: int
-    files: int
+    index: dict[str, str]
+    rules: list[IgnoreRule]
+
+    @property
+    def files(self) -> int:
+        return len(self.index)
 
 
 def read_dockerignore(context_dir: Path) -> list[IgnoreRule]:
@@ -58,7 +69,7 @@ def read_dockerignore(context_dir: Path) -> list[IgnoreRule]:
         pattern = os.path.normpath(text[1:].strip() if negated else text).lstrip("/")
         if pattern in ("", "."):
             continue
-        rules.append(IgnoreRule(pattern, negated, number, _compile(pattern)))
+        rules.append(IgnoreRule(pattern, negated, number, compile_pattern(pattern)))
     return rules
 
 
@@ -87,17 +98,24 @@ def pack_context(context_dir: Path, destination: Path) -> PackedContext:
         raise ContextError(f"build context not found: {context_dir} is not a directory")
     rules = read_dockerignore(context_dir)
 
-    count = 0
+    index: dict[str, str] = {}
     with (
         open(destination, "wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         for relative in sorted(_walk(context_dir, rules)):
-            tar.addfile(*_entry(context_dir, relative))
-            count += 1
+            entry, stream = _entry(context_dir, relative)
+            if stream is None:
+                tar.addfile(entry)
+                index[relative] = _fingerprint(entry, None)
+                continue
+            with stream:
+                hashing = _HashingReader(stream)
+                tar.addfile(entry, hashing)
+                index[relative] = _fingerprint(entry, hashing.hexdigest())
 
-    return PackedContext(destination, file_digest(destination), destination.stat().st_size, count)
+    return PackedContext(destination, file_digest(destination), destination.stat().st_size, index, rules)
 
 
 def unpack_context(archive: Path, destination: Path) -> None:
@@ -170,6 +188,30 @@ def _entry(context_dir: Path, relative: str) -> tuple[tarfile.TarInfo, object]:
     return entry, open(full, "rb")
 
 
+def _fingerprint(entry: tarfile.TarInfo, content_digest: str | None) -> str:
+    if entry.issym():
+        return f"link:{entry.linkname}"
+    if entry.isdir():
+        return f"dir:{entry.mode:o}"
+    return f"file:{entry.mode:o}:{content_digest}"
+
+
+class _HashingReader:
+    """A file wrapper that hashes what tarfile reads from it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 def _check_link(context_dir: Path, relative: str, target: str) -> None:
     if os.path.isabs(target):
         raise ContextError(
@@ -185,7 +227,7 @@ def _self_and_parents(relative_path: str) -> list[str]:
     return ["/".join(parts[: end + 1]) for end in range(len(parts))]
 
 
-def _compile(pattern: str) -> re.Pattern:
+def compile_pattern(pattern: str) -> re.Pattern:
     """Translate a Docker ignore pattern (Go filepath.Match plus `**`) to a regex."""
     out = []
     position = 0

@@ -7,6 +7,7 @@ import json
 import redis
 
 from . import redis_keys as keys
+from .celery_app import queue_for
 from .errors import FarmError
 
 
@@ -35,3 +36,12 @@ def require_platforms(client: redis.Redis, platforms: set[str]) -> None:
     raise FarmError(
         f"no live worker serves {', '.join(missing)}; the live workers serve: {', '.join(sorted(served))}"
     )
+
+
+def route_platform(client: redis.Redis, platform: str) -> str:
+    """Return the queue for a stage of `platform`: the native one while a native worker is live."""
+    for worker in live_workers(client):
+        native = set(worker.get("platforms", [])) - set(worker.get("emulated", []))
+        if platform in native:
+            return queue_for(platform, native=True)
+    return queue_for(platform)

@@ -1,13 +1,15 @@
-"""Follow a submitted build: print its progress and finish it.
+"""Follow a submitted build: print its progress and finish each entry.
 
-`farm build` waits here until the target stage is built (then it writes
-the tags) or a stage fails (then it shows that stage's Buildah output
-and the Dockerfile line it came from).
+`farm build` waits here until every entry has either its target built on
+each platform (then its tags are written: a manifest copy for one
+platform, an image index for several) or a failed stage on its path
+(then the stage's Buildah output and Dockerfile line are shown).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import structlog
 from rich.console import Console
@@ -16,100 +18,172 @@ from rich.markup import escape
 from .build_store import BuildStore, Event, decode_data
 from .config import Settings
 from .connections import connect_registry
-from .errors import BuildFailed, FarmError
-from .submit import SubmittedBuild, write_tags
+from .errors import FarmError
+from .spec import StageResult
+from .submit import SubmittedBuild
+from .tags import write_tags
 
 log = structlog.get_logger(__name__)
 
-# Without any event for this long, the command says it is still waiting.
+# Without any event for this long, the command says what it still waits for.
 _QUIET_NOTICE_SECONDS = 30.0
 
 
-def follow_build(store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console) -> str:
-    """Print the build's events until it ends; return the target's manifest digest.
+@dataclass
+class EntryOutcome:
+    """How one entry of a build ended."""
 
-    Raises BuildFailed when a stage fails, after printing its output.
-    """
-    last_id = "0"
-    last_event_at = time.monotonic()
-    while True:
-        received = False
-        for event in store.events(build.build_id, last_id):
-            received = True
-            last_id = event.id
-            digest = _handle(event, store, build, settings, console)
-            if digest:
-                return digest
-        if received:
-            last_event_at = time.monotonic()
-            continue
-        _check_alive(store, build, console, last_event_at)
+    name: str
+    status: str = "running"
+    digests: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
 
 
-def _handle(
-    event: Event, store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console
-) -> str | None:
-    stage = event.stage
-    if event.type == "queued":
-        console.print(f"[dim]queued[/]    stage {escape(stage)}")
-    elif event.type == "started":
-        console.print(
-            f"[cyan]building[/]  stage {escape(stage)} on worker {escape(event.fields.get('worker', '?'))}"
-        )
-    elif event.type == "built":
+@dataclass
+class BuildOutcome:
+    """How a build ended: one outcome per entry, and the stage results."""
+
+    build_id: str
+    entries: dict[str, EntryOutcome]
+    results: dict[str, StageResult] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return all(entry.status == "succeeded" for entry in self.entries.values())
+
+    @property
+    def failed_entries(self) -> list[str]:
+        return [name for name, entry in self.entries.items() if entry.status == "failed"]
+
+
+class BuildFollower:
+    """Reads a build's events, prints them, and writes each entry's tags when it is built."""
+
+    def __init__(
+        self, store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console
+    ) -> None:
+        self.store = store
+        self.build = build
+        self.settings = settings
+        self.console = console
+        self.outcome = BuildOutcome(build.build_id, {name: EntryOutcome(name) for name in build.entries})
+        self._built_units: dict[tuple[str, str], str] = {}
+
+    def follow(self) -> BuildOutcome:
+        """Print events until every entry has ended; return the outcome."""
+        last_id = "0"
+        last_event_at = time.monotonic()
+        while not self._all_ended():
+            received = False
+            for event in self.store.events(self.build.build_id, last_id):
+                received = True
+                last_id = event.id
+                self._handle(event)
+            if received:
+                last_event_at = time.monotonic()
+            else:
+                self._check_alive(last_event_at)
+
+        status = "succeeded" if self.outcome.succeeded else "failed"
+        self.store.finish(self.build.build_id, status, failed=" ".join(self.outcome.failed_entries))
+        return self.outcome
+
+    def _handle(self, event: Event) -> None:
+        stage = escape(event.stage or "?")
         data = decode_data(event)
-        console.print(
-            f"[green]pushed[/]    stage {escape(stage)} {data.get('digest')} "
-            f"({data.get('seconds', 0):.1f} s on {escape(data.get('worker', '?'))})"
-        )
-    elif event.type == "failed":
-        _print_failure(decode_data(event), stage, build, console)
-    elif event.type == "build-failed":
-        cancelled = event.fields.get("cancelled", "[]")
-        store.finish(build.build_id, "failed", error=f"stage {stage} failed")
-        raise BuildFailed(f"build {build.build_id} failed in stage {stage!r}; cancelled stages: {cancelled}")
-    elif event.type == "target-built":
-        return _finish(store, build, settings, console)
-    return None
+        if event.type in ("built", "cached"):
+            self.outcome.results[event.stage] = StageResult(**data)
+        if event.type == "queued":
+            self.console.print(f"[dim]queued[/]    stage {stage}")
+        elif event.type == "started":
+            self.console.print(
+                f"[cyan]building[/]  stage {stage} on worker {escape(event.fields.get('worker', '?'))}"
+            )
+        elif event.type == "cached":
+            self.console.print(f"[green]cached[/]    stage {stage} {data.get('digest')}")
+        elif event.type == "built":
+            how = "reused from another build" if data.get("cached") else f"{data.get('seconds', 0):.1f} s"
+            self.console.print(
+                f"[green]pushed[/]    stage {stage} {data.get('digest')} ({how} on {escape(data.get('worker', '?'))})"
+            )
+        elif event.type == "failed":
+            self._print_failure(data, event.stage)
+            self._fail_units(event.stage, data)
+        elif event.type == "cancelled":
+            cancelled = event.fields.get("cancelled", "[]")
+            if cancelled != "[]":
+                self.console.print(f"[yellow]cancelled[/] stages {escape(cancelled)} (they needed {stage})")
+        elif event.type == "target-built":
+            self._target_built(event.stage)
 
+    def _target_built(self, node: str) -> None:
+        result = self.store.result(self.build.build_id, node)
+        if result is None or not result.digest:
+            raise FarmError(f"build {self.build.build_id}: stage {node} has no recorded digest")
+        for unit in self.build.units:
+            if unit.target_id == node:
+                self._built_units[(unit.entry.name, unit.platform)] = result.digest
+        for name, entry in self.outcome.entries.items():
+            if entry.status == "running" and self._entry_built(name):
+                self._finish_entry(name)
 
-def _finish(store: BuildStore, build: SubmittedBuild, settings: Settings, console: Console) -> str:
-    result = store.result(build.build_id, build.target_id)
-    if result is None or not result.digest:
-        raise FarmError(f"build {build.build_id}: the target stage has no recorded digest")
-    with connect_registry(settings) as registry:
-        write_tags(registry, settings, build, result.digest)
-    for tag in build.tags:
-        console.print(f"[bold green]tagged[/]    {escape(str(tag))}@{result.digest}")
-    store.finish(build.build_id, "succeeded", digest=result.digest)
-    return result.digest
+    def _entry_built(self, name: str) -> bool:
+        return all((name, unit.platform) in self._built_units for unit in self.build.units_of(name))
 
+    def _finish_entry(self, name: str) -> None:
+        entry = self.outcome.entries[name]
+        entry.digests = {
+            unit.platform: self._built_units[(name, unit.platform)] for unit in self.build.units_of(name)
+        }
+        tags = self.build.tags.get(name, [])
+        with connect_registry(self.settings) as registry:
+            digest = write_tags(registry, self.settings, tags, entry.digests)
+        entry.tags = [str(tag) for tag in tags]
+        entry.status = "succeeded"
+        label = f"entry {escape(name)}: " if len(self.outcome.entries) > 1 else ""
+        for tag in tags:
+            self.console.print(f"[bold green]tagged[/]    {label}{escape(str(tag))}@{digest}")
+        if not tags:
+            self.console.print(f"[bold green]built[/]     {label}{digest}")
 
-def _print_failure(data: dict, stage: str | None, build: SubmittedBuild, console: Console) -> None:
-    location = f"{build.plan.path}:{data.get('line')}" if data.get("line") else build.plan.path
-    step = data.get("step") or ""
-    console.print(
-        f"[bold red]failed[/]    stage {escape(stage or '?')} at {escape(location)}: {escape(step)}"
-    )
-    if data.get("error"):
-        console.print(f"  {escape(data['error'])}")
-    output = data.get("output") or ""
-    if output:
-        console.print(
-            f"[dim]--- Buildah output of stage {escape(stage or '?')} on {escape(data.get('worker', '?'))} ---[/]"
-        )
-        console.print(escape(output.rstrip()), highlight=False, markup=True)
-        console.print("[dim]--- end of output ---[/]")
+    def _fail_units(self, node: str, data: dict) -> None:
+        spec = self.build.specs.get(node)
+        affected = {node, *(spec.descendants if spec else [])}
+        for unit in self.build.units:
+            entry = self.outcome.entries[unit.entry.name]
+            if unit.target_id in affected and entry.status == "running":
+                entry.status = "failed"
+                entry.error = f"stage {node} failed: {data.get('error') or 'see its output above'}"
 
+    def _print_failure(self, data: dict, node: str) -> None:
+        spec = self.build.specs.get(node)
+        path = spec.source_path if spec else "Dockerfile"
+        location = f"{path}:{data['line']}" if data.get("line") else path
+        step = escape(data.get("step") or "")
+        self.console.print(f"[bold red]failed[/]    stage {escape(node)} at {escape(location)}: {step}")
+        if data.get("error"):
+            self.console.print(f"  {escape(data['error'])}")
+        output = data.get("output") or ""
+        if output:
+            worker = escape(data.get("worker", "?"))
+            self.console.print(f"[dim]--- Buildah output of stage {escape(node)} on {worker} ---[/]")
+            self.console.print(escape(output.rstrip()))
+            self.console.print("[dim]--- end of output ---[/]")
 
-def _check_alive(store: BuildStore, build: SubmittedBuild, console: Console, last_event_at: float) -> None:
-    if not store.record(build.build_id):
-        raise FarmError(
-            f"build {build.build_id} is no longer in Redis (was its data lost or flushed?); "
-            "submit it again: stages already in the registry are reused"
-        )
-    quiet = time.monotonic() - last_event_at
-    if quiet > _QUIET_NOTICE_SECONDS and int(quiet) % int(_QUIET_NOTICE_SECONDS) == 0:
-        states = store.states(build.build_id)
-        waiting = sorted(stage for stage, state in states.items() if state in ("queued", "running"))
-        console.print(f"[dim]still waiting for {', '.join(waiting) or 'the build'} ({quiet:.0f} s)[/]")
+    def _all_ended(self) -> bool:
+        return all(entry.status != "running" for entry in self.outcome.entries.values())
+
+    def _check_alive(self, last_event_at: float) -> None:
+        if not self.store.record(self.build.build_id):
+            raise FarmError(
+                f"build {self.build.build_id} is no longer in Redis (was its data lost or flushed?); "
+                "submit it again: stages already in the registry are reused"
+            )
+        quiet = time.monotonic() - last_event_at
+        if quiet > _QUIET_NOTICE_SECONDS and int(quiet) % int(_QUIET_NOTICE_SECONDS) == 0:
+            states = self.store.states(self.build.build_id)
+            waiting = sorted(stage for stage, state in states.items() if state in ("queued", "running"))
+            self.console.print(
+                f"[dim]still waiting for {', '.join(waiting) or 'the build'} ({quiet:.0f} s)[/]"
+            )

@@ -10,6 +10,10 @@ Per build `<id>`:
 | `farm:build:<id>:pending:<stage>` | set | ids of the stages `<stage>` still waits for |
 | `farm:build:<id>:results` | hash | stage id -> result (JSON): worker, digest, seconds, line, output |
 | `farm:build:<id>:events` | stream | progress events, read by `farm build` |
+| `farm:build:<id>:log:<stage>` | list | Buildah output lines of the stage, appended while it builds |
+
+Per content key `<key>`: `farm:stage-lock:<key>` (string, the holder,
+expires unless renewed), so concurrent builds build a stage once.
 
 Per worker `<id>`: `farm:worker:<id>` (string, JSON profile, expires
 unless the worker renews it). Celery's own queues are `farm.stages.<platform>`.
@@ -57,3 +61,13 @@ def worker(worker_id: str) -> str:
 
 def worker_pattern() -> str:
     return f"{PREFIX}:worker:*"
+
+
+def stage_lock(key: str) -> str:
+    """Return the lock a worker holds while it builds the stage with content key `key`."""
+    return f"{PREFIX}:stage-lock:{key}"
+
+
+def stage_log(build_id: str, stage_id: str) -> str:
+    """Return the list of Buildah output lines of one stage of a build."""
+    return f"{build(build_id)}:log:{stage_id}"

@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field
 class StageSpec:
     """Everything a worker needs to build one stage.
 
-    `dockerfile` is the rendered single-stage file; `image` is the registry
-    reference the result is pushed to; `step_lines` maps each build step
-    (FROM first) to its line in the user's Dockerfile.
+    `id` names the stage within its build (`[entry/]stage[@platform]`),
+    and `stage` within its Dockerfile. `dockerfile` is the rendered
+    single-stage file; `image` is the registry reference the result is
+    pushed to; `step_lines` maps each build step (FROM first) to its line
+    in the user's Dockerfile. `descendants` are cancelled when it fails.
     """
 
     id: str
@@ -28,6 +30,9 @@ class StageSpec:
     context_digest: str | None
     source_path: str
     from_line: int
+    stage: str = ""
+    descendants: list[str] = field(default_factory=list)
+    is_target: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -39,7 +44,11 @@ class StageSpec:
 
 @dataclass
 class StageResult:
-    """What a worker reports for a stage it built or failed to build."""
+    """What a worker reports for a stage it built or failed to build.
+
+    `cached` is true when no Buildah ran: the stage's key was already in
+    the registry.
+    """
 
     worker: str
     digest: str | None = None
@@ -48,7 +57,7 @@ class StageResult:
     step: str | None = None
     error: str | None = None
     output: str = ""
-    extra: dict = field(default_factory=dict)
+    cached: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

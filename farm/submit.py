@@ -1,9 +1,10 @@
-"""The producer: turn one Dockerfile into stage tasks, then finish the build.
+"""The producer: turn build entries into one graph of stage tasks and queue it.
 
-`submit` checks everything a user can get wrong (the Dockerfile, the
-tags, the context, Redis and the registry) before it writes anything, so
-a failed submission leaves nothing queued. `write_tags` runs once the
-target stage is built.
+`submit` checks everything a user can get wrong (Dockerfiles, tags,
+contexts, COPY sources, Redis, the registry and the live platforms)
+before it writes anything, so a failed submission leaves nothing queued.
+Stages with equal content keys are planned once, across entries and
+platforms; a stage whose key is already in the registry is not built.
 """
 
 from __future__ import annotations
@@ -15,122 +16,122 @@ from pathlib import Path
 
 import structlog
 
+from .batch import BuildEntry
 from .build_store import BuildStore
 from .celery_app import create_app, send_stage
 from .config import Settings
 from .connections import connect_redis, connect_registry
-from .content_key import reads_context, stage_key
-from .context import pack_context
-from .errors import FarmError, RegistryError
-from .fleet import require_platforms
+from .context import PackedContext, pack_context
+from .errors import FarmError
+from .fleet import require_platforms, route_platform
+from .graph import StageGraphBuilder
 from .plan import Plan, plan_dockerfile
 from .reference import ImageReference, parse_reference
 from .registry import RegistryClient
-from .render import render_stage
-from .spec import StageSpec
+from .spec import StageResult, StageSpec
 from .stages import default_platform
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass
-class BuildRequest:
-    """What `farm build` was asked to build."""
+class BuildUnit:
+    """One entry built for one platform: its plan and the stage id of its target."""
 
-    dockerfile: Path
-    context: Path
-    tags: list[str] = field(default_factory=list)
-    target: str | None = None
-    build_args: dict[str, str] = field(default_factory=dict)
-    platform: str | None = None
+    entry: BuildEntry
+    platform: str
+    plan: Plan
+    target_id: str = ""
 
 
 @dataclass
 class SubmittedBuild:
-    """A build stored in Redis, with its stages and tags."""
+    """A build stored in Redis: its units, stages and tags per entry."""
 
     build_id: str
-    plan: Plan
+    units: list[BuildUnit]
     specs: dict[str, StageSpec]
-    tags: list[ImageReference]
+    tags: dict[str, list[ImageReference]] = field(default_factory=dict)
+    cached: set[str] = field(default_factory=set)
 
     @property
-    def target_id(self) -> str:
-        return self.plan.target.id
+    def entries(self) -> list[str]:
+        return list(dict.fromkeys(unit.entry.name for unit in self.units))
+
+    def units_of(self, entry: str) -> list[BuildUnit]:
+        return [unit for unit in self.units if unit.entry.name == entry]
 
 
-def submit(request: BuildRequest, settings: Settings) -> SubmittedBuild:
-    """Plan, upload the context, store the build and queue its first stages."""
-    platform = request.platform or default_platform()
-    plan = plan_dockerfile(request.dockerfile, request.target, request.build_args, platform)
-    tags = [resolve_tag(tag, settings) for tag in request.tags]
-    if not Path(request.context).is_dir():
-        raise FarmError(f"build context not found: {request.context} is not a directory")
+def submit(entries: list[BuildEntry], settings: Settings, use_cache: bool = True) -> SubmittedBuild:
+    """Plan every entry, upload contexts, store the build and queue its first stages."""
+    units = _plan_units(entries)
+    tags = {entry.name: [resolve_tag(tag, settings) for tag in entry.tags] for entry in entries}
+    for entry in entries:
+        if not entry.context.is_dir():
+            raise FarmError(f"build context not found: {entry.context} is not a directory")
 
     redis_client = connect_redis(settings)
-    require_platforms(redis_client, {stage.platform or platform for stage in plan.stages})
+    require_platforms(redis_client, {unit.platform for unit in units})
     with connect_registry(settings) as registry:
-        context_digest = _upload_context(registry, Path(request.context), settings)
+        specs, cached_results = _plan_stages(units, registry, settings, use_cache)
 
     build_id = uuid.uuid4().hex[:12]
-    specs = build_specs(plan, settings, request.build_args, platform, context_digest)
-    store = BuildStore(redis_client)
     record = {
-        "target": plan.target.id,
-        "dockerfile": str(request.dockerfile),
-        "context_digest": context_digest,
-        "tags": " ".join(str(tag) for tag in tags),
+        "entries": " ".join(dict.fromkeys(entry.name for entry in entries)),
+        "targets": " ".join(unit.target_id for unit in units),
     }
-    roots = store.create(build_id, record, list(specs.values()))
+    store = BuildStore(redis_client)
+    roots = store.create(build_id, record, list(specs.values()), cached_results)
 
     app = create_app(settings)
     for stage_id in roots:
-        send_stage(app, build_id, stage_id, specs[stage_id].platform)
-    log.info("build submitted", build_id=build_id, stages=len(specs), queued=roots)
-    return SubmittedBuild(build_id, plan, specs, tags)
+        send_stage(app, build_id, stage_id, route_platform(redis_client, specs[stage_id].platform))
+    log.info(
+        "build submitted", build_id=build_id, stages=len(specs), cached=len(cached_results), queued=roots
+    )
+    return SubmittedBuild(build_id, units, specs, tags, set(cached_results))
 
 
-def build_specs(
-    plan: Plan,
-    settings: Settings,
-    build_args: dict[str, str],
-    platform: str,
-    context_digest: str | None,
-) -> dict[str, StageSpec]:
-    """Key and render every planned stage, dependencies first."""
-    graph = plan.graph
-    stage_keys: dict[int, str] = {}
-    specs: dict[str, StageSpec] = {}
-    registry_stages = f"{settings.registry}/{settings.stages_repository}"
+def _plan_units(entries: list[BuildEntry]) -> list[BuildUnit]:
+    units = []
+    for entry in entries:
+        for platform in entry.platforms or [default_platform()]:
+            plan = plan_dockerfile(entry.dockerfile, entry.target, entry.build_args, platform)
+            units.append(BuildUnit(entry, platform, plan))
+    return units
 
-    for stage in plan.stages:
-        stage_platform = stage.platform or platform
-        canonical = render_stage(graph, stage, lambda index: f"stages:{stage_keys[index]}")
-        context = context_digest if reads_context(stage, graph.path) else None
-        key = stage_key(canonical.dockerfile, build_args, stage_platform, context)
-        stage_keys[stage.index] = key
 
-        rendered = render_stage(graph, stage, lambda index: f"{registry_stages}:{stage_keys[index]}")
-        specs[stage.id] = StageSpec(
-            id=stage.id,
-            index=stage.index,
-            key=key,
-            image=f"{registry_stages}:{key}",
-            dockerfile=rendered.dockerfile,
-            step_lines=rendered.step_lines,
-            needs=plan.needs_ids(stage),
-            dependants=[],
-            platform=stage_platform,
-            build_args=dict(build_args),
-            context_digest=context,
-            source_path=graph.path,
-            from_line=stage.from_instruction.line,
-        )
+def _plan_stages(
+    units: list[BuildUnit], registry: RegistryClient, settings: Settings, use_cache: bool
+) -> tuple[dict[str, StageSpec], dict[str, StageResult]]:
+    """Key every stage of every unit, merge equal keys, and find the cached ones."""
+    builder = StageGraphBuilder(settings, registry, naming=_Naming(units))
+    with tempfile.TemporaryDirectory(prefix="farm-context-") as scratch:
+        contexts: dict[Path, PackedContext] = {}
+        for unit in units:
+            context_dir = unit.entry.context.resolve()
+            if context_dir not in contexts:
+                contexts[context_dir] = _upload_context(registry, context_dir, Path(scratch), settings)
+            unit.target_id = builder.add(unit, contexts[context_dir])
+    cached = builder.find_cached(registry, [unit.target_id for unit in units]) if use_cache else {}
+    return builder.prune(cached, [unit.target_id for unit in units]), cached
 
-    for spec in specs.values():
-        for needed in spec.needs:
-            specs[needed].dependants.append(spec.id)
-    return specs
+
+class _Naming:
+    """Stage ids within a build: `[entry/]stage[@platform]`, as short as stays unique."""
+
+    def __init__(self, units: list[BuildUnit]) -> None:
+        self._several_entries = len({unit.entry.name for unit in units}) > 1
+        self._several_platforms = {
+            unit.entry.name: len({u.platform for u in units if u.entry.name == unit.entry.name}) > 1
+            for unit in units
+        }
+
+    def __call__(self, unit: BuildUnit, stage_id: str) -> str:
+        name = f"{unit.entry.name}/{stage_id}" if self._several_entries else stage_id
+        if self._several_platforms[unit.entry.name]:
+            name += f"@{unit.platform}"
+        return name
 
 
 def resolve_tag(text: str, settings: Settings) -> ImageReference:
@@ -141,29 +142,21 @@ def resolve_tag(text: str, settings: Settings) -> ImageReference:
         raise FarmError(f"invalid tag {text!r}: expected [REGISTRY/]REPOSITORY[:TAG]") from None
     if reference.digest:
         raise FarmError(f"invalid tag {text!r}: a tag cannot name a digest")
-    if not reference.registry:
-        return ImageReference(settings.registry, reference.repository, reference.tag or "latest")
-    if reference.registry != settings.registry:
+    if reference.registry and reference.registry != settings.registry:
         raise FarmError(
             f"tag {text!r} names registry {reference.registry}, but the farm's registry is "
             f"{settings.registry} (FARM_REGISTRY); tags are written there"
         )
-    return ImageReference(reference.registry, reference.repository, reference.tag or "latest")
+    return ImageReference(settings.registry, reference.repository, reference.tag or "latest")
 
 
-def write_tags(registry: RegistryClient, settings: Settings, build: SubmittedBuild, digest: str) -> None:
-    """Point every requested tag at the target's manifest and check that it is there."""
-    for tag in build.tags:
-        registry.copy_image(settings.stages_repository, digest, tag.repository, tag.reference)
-        manifest = registry.get_manifest(tag.repository, tag.reference)
-        if manifest is None or manifest.digest != digest:
-            raise RegistryError(f"tag {tag} was written but the registry does not return {digest} for it")
-        log.info("tag written", build_id=build.build_id, tag=str(tag), digest=digest)
-
-
-def _upload_context(registry: RegistryClient, context: Path, settings: Settings) -> str:
-    with tempfile.TemporaryDirectory(prefix="farm-context-") as scratch:
-        packed = pack_context(context, Path(scratch) / "context.tar.gz")
-        registry.push_blob(settings.contexts_repository, packed.path, packed.digest)
-    log.info("context uploaded", digest=packed.digest, bytes=packed.size, files=packed.files)
-    return packed.digest
+def _upload_context(
+    registry: RegistryClient, context: Path, scratch: Path, settings: Settings
+) -> PackedContext:
+    archive = Path(tempfile.mkdtemp(dir=scratch)) / "context.tar.gz"
+    packed = pack_context(context, archive)
+    registry.push_blob(settings.contexts_repository, packed.path, packed.digest)
+    log.info(
+        "context uploaded", context=str(context), digest=packed.digest, bytes=packed.size, files=packed.files
+    )
+    return packed

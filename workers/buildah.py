@@ -84,12 +84,20 @@ class Buildah:
         image: str,
         build_args: dict[str, str],
         platform: str | None = None,
+        layer_cache: str | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> BuildOutput:
-        """Build `dockerfile` in `context` and tag the result `image`."""
+        """Build `dockerfile` in `context` and tag the result `image`.
+
+        With `layer_cache` (a repository), each step's layer is looked up
+        there before it runs and pushed there after, so any worker can
+        reuse the steps another one built.
+        """
         command = [*self._base(), "bud", "--isolation", self.isolation, "-f", str(dockerfile), "-t", image]
         if platform:
             command += ["--platform", platform]
+        if layer_cache:
+            command += ["--layers", "--cache-from", layer_cache, "--cache-to", layer_cache]
         for name, value in sorted(build_args.items()):
             command += ["--build-arg", f"{name}={value}"]
         command.append(str(context))

@@ -28,6 +28,7 @@ from farm.stages import default_platform
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .platforms import emulated_platforms
 from .stage_runner import StageRunner
 from .storage import choose_storage
 
@@ -109,9 +110,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         store=BuildStore(redis_client),
         buildah=buildah,
         contexts=ContextCache(root / "contexts", registry, settings.contexts_repository),
+        registry=registry,
+        stages_repository=settings.stages_repository,
         app=app,
         work_dir=work_dir,
+        native_platform=platform,
+        layer_cache=settings.layer_cache_repository,
     )
+    emulated = emulated_platforms(platform)
+    queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
     def build_stage(build_id: str, stage_id: str) -> None:
@@ -126,7 +133,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         "mode": "native-chroot",
         "driver": storage.driver,
         "isolation": "chroot",
-        "platforms": [platform],
+        "platforms": [platform, *emulated],
+        "emulated": emulated,
         "concurrency": args.concurrency,
         "pid": os.getpid(),
     }
@@ -138,7 +146,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         app.Worker(
             hostname=f"{worker_id}@{socket.gethostname()}",
-            queues=[queue_for(platform)],
+            queues=queues,
             concurrency=args.concurrency,
             pool="threads",
             without_mingle=True,

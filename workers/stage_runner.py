@@ -3,7 +3,12 @@
 The runner marks the stage running, builds it with Buildah, pushes it to
 `stages:<key>`, and completes it, which releases and queues the
 dependants whose last dependency it was. A Buildah failure fails the
-build with the stage's output and the Dockerfile line of the failing step.
+stage, with its output and the Dockerfile line of the failing step, and
+cancels what depends on it.
+
+Two builds that need the same content key at once build it once: the
+first takes the key's lock, the second waits and then reuses the pushed
+image.
 """
 
 from __future__ import annotations
@@ -14,18 +19,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 import structlog
 from celery import Celery
 
+from farm import redis_keys as keys
 from farm.build_store import BuildStore, StartDecision
 from farm.celery_app import send_stage
 from farm.errors import FarmError
+from farm.fleet import route_platform
+from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
 from .buildah import Buildah, BuildahError, BuildOutput
 from .context_cache import ContextCache
+from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
+
+# Build output lines stay readable in Redis this long after the stage.
+_LOG_TTL_SECONDS = 7 * 24 * 3600
+_LOCK_POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -36,8 +50,12 @@ class StageRunner:
     store: BuildStore
     buildah: Buildah
     contexts: ContextCache
+    registry: RegistryClient
+    stages_repository: str
     app: Celery
     work_dir: Path
+    native_platform: str
+    layer_cache: str | None = None
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -59,25 +77,42 @@ class StageRunner:
             return
 
         bound = bound.bind(key=spec.key)
-        bound.info("stage started")
         started = time.monotonic()
-        try:
-            result = self._build_and_push(spec, bound)
-        except (FarmError, BuildahError, OSError) as error:
-            bound.error("stage failed on the worker", error=str(error))
-            result = StageResult(worker=self.worker_id, error=f"worker {self.worker_id}: {error}")
+        result = self._build_once(build_id, spec, bound)
         result.seconds = round(time.monotonic() - started, 3)
 
         if result.digest:
-            bound.info("stage built", digest=result.digest, seconds=result.seconds)
+            bound.info("stage done", digest=result.digest, seconds=result.seconds, cached=result.cached)
             self._complete(build_id, spec, result)
         else:
-            cancelled = self.store.fail(build_id, stage_id, result)
+            cancelled = self.store.fail(build_id, spec, result)
             bound.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
 
-    def _build_and_push(self, spec: StageSpec, bound) -> StageResult:
+    def _build_once(self, build_id: str, spec: StageSpec, bound) -> StageResult:
+        """Build the stage unless its key is, or becomes, available from another build."""
+        lock = StageLock(self.store.redis, spec.key, f"{build_id}/{spec.id}")
+        while True:
+            pushed = self.registry.get_manifest(self.stages_repository, spec.key)
+            if pushed is not None:
+                bound.info("stage reused: another build pushed its key")
+                return StageResult(worker=self.worker_id, digest=pushed.digest, cached=True)
+            if lock.acquire():
+                break
+            time.sleep(_LOCK_POLL_SECONDS)
+
+        try:
+            bound.info("stage started")
+            return self._build_and_push(build_id, spec, bound)
+        except (FarmError, BuildahError, OSError) as error:
+            bound.error("stage failed on the worker", error=str(error))
+            return StageResult(worker=self.worker_id, error=f"worker {self.worker_id}: {error}")
+        finally:
+            lock.release()
+
+    def _build_and_push(self, build_id: str, spec: StageSpec, bound) -> StageResult:
         context = self.contexts.get(spec.context_digest) if spec.context_digest else self.contexts.empty()
-        scratch = Path(tempfile.mkdtemp(prefix=f"{spec.id}-", dir=self.work_dir))
+        scratch = Path(tempfile.mkdtemp(prefix="stage-", dir=self.work_dir))
+        log_key = keys.stage_log(build_id, spec.id)
         try:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
@@ -86,7 +121,9 @@ class StageRunner:
                 context,
                 spec.image,
                 spec.build_args,
-                on_line=lambda line: bound.debug("buildah", line=line),
+                platform=None if spec.platform == self.native_platform else spec.platform,
+                layer_cache=self.layer_cache,
+                on_line=lambda line: self._record_line(log_key, line),
             )
             if not output.ok:
                 return self._failure(spec, output)
@@ -94,6 +131,19 @@ class StageRunner:
             return StageResult(worker=self.worker_id, digest=digest)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            self._expire(log_key)
+
+    def _record_line(self, log_key: str, line: str) -> None:
+        try:
+            self.store.redis.rpush(log_key, line)
+        except redis.RedisError as error:
+            log.debug("build output line not recorded", error=str(error))
+
+    def _expire(self, log_key: str) -> None:
+        try:
+            self.store.redis.expire(log_key, _LOG_TTL_SECONDS)
+        except redis.RedisError as error:
+            log.debug("build output expiry not set", error=str(error))
 
     def _failure(self, spec: StageSpec, output: BuildOutput) -> StageResult:
         line = spec.from_line
@@ -109,10 +159,11 @@ class StageRunner:
         )
 
     def _complete(self, build_id: str, spec: StageSpec, result: StageResult) -> None:
-        target = self.store.record(build_id).get("target")
-        released = self.store.complete(build_id, spec, result, is_target=spec.id == target)
-        specs = self.store.specs(build_id) if released else {}
+        released = self.store.complete(build_id, spec, result)
+        if not released:
+            return
+        specs = self.store.specs(build_id)
         for stage_id in released:
-            send_stage(self.app, build_id, stage_id, specs[stage_id].platform)
-        if released:
-            log.info("stages released", build_id=build_id, stage=spec.id, released=released)
+            queue = route_platform(self.store.redis, specs[stage_id].platform)
+            send_stage(self.app, build_id, stage_id, queue)
+        log.info("stages released", build_id=build_id, stage=spec.id, released=released)
