@@ -119,6 +119,17 @@ class LocalFarm:
         env = {**os.environ, **state.environment(), **(extra_env or {})}
         return self._spawn(f"worker-{name}", command, env)
 
+    def add_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
+        """Start one more worker on the running farm and wait for its heartbeat."""
+        state = self.load()
+        if state is None:
+            raise FarmError(f"no local farm runs from {self.directory}")
+        service = self.start_worker(state, name, extra_env)
+        state.services.append(service)
+        self._save(state)
+        self.wait_for_workers(state, [name])
+        return service
+
     def wait_for_workers(self, state: LocalFarmState, names: list[str]) -> None:
         """Wait until each named worker has published its heartbeat."""
         client = redis.Redis.from_url(state.redis_url)
@@ -138,6 +149,18 @@ class LocalFarm:
                 time.sleep(0.2)
 
     # Stop
+
+    def stop_worker(self, name: str) -> None:
+        """Stop one worker (warm shutdown) and drop it from the farm's state."""
+        state = self.load()
+        if state is None:
+            raise FarmError(f"no local farm runs from {self.directory}")
+        service = next((s for s in state.services if s.name == f"worker-{name}"), None)
+        if service is None:
+            raise FarmError(f"no worker {name!r} in the local farm at {self.directory}")
+        _terminate([service], timeout=120)
+        state.services.remove(service)
+        self._save(state)
 
     def stop(self) -> None:
         """Stop every service of the farm, workers first, and forget its state."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,8 @@ import pytest
 import redis
 
 from farm.registry import RegistryClient
+
+from .cli import run_farm, start_farm
 
 
 @dataclass
@@ -31,11 +31,11 @@ class FarmHandle:
         self, *arguments: str, env: dict[str, str] | None = None, timeout: float = 900
     ) -> subprocess.CompletedProcess:
         """Run the `farm` command with this farm's environment (plus `env`)."""
-        command = [str(Path(sys.executable).with_name("farm")), *arguments]
-        merged = {**os.environ, **self.env, **(env or {})}
-        return subprocess.run(
-            command, capture_output=True, text=True, env=merged, timeout=timeout, check=False
-        )
+        return run_farm({**self.env, **(env or {})}, *arguments, timeout=timeout)
+
+    def popen(self, *arguments: str) -> subprocess.Popen:
+        """Start the `farm` command in the background with this farm's environment."""
+        return start_farm(self.env, *arguments)
 
 
 @pytest.fixture(scope="session")
