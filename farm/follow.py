@@ -9,6 +9,7 @@ platform, an image index for several) or a failed stage on its path
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
@@ -19,6 +20,7 @@ from .build_store import BuildStore, Event, decode_data
 from .config import Settings
 from .connections import connect_registry
 from .errors import FarmError
+from .registry import RegistryClient
 from .spec import StageResult
 from .submit import SubmittedBuild
 from .tags import write_tags
@@ -27,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 # Without any event for this long, the command says what it still waits for.
 _QUIET_NOTICE_SECONDS = 30.0
+# Tags of several finished entries are written in parallel: each is a few
+# small registry requests, and a cached batch finishes all entries at once.
+_TAGGING_THREADS = 8
 
 
 @dataclass
@@ -69,21 +74,24 @@ class BuildFollower:
         self.console = console
         self.outcome = BuildOutcome(build.build_id, {name: EntryOutcome(name) for name in build.entries})
         self._built_units: dict[tuple[str, str], str] = {}
+        self._ready: list[str] = []
 
     def follow(self) -> BuildOutcome:
         """Print events until every entry has ended; return the outcome."""
         last_id = "0"
         last_event_at = time.monotonic()
-        while not self._all_ended():
-            received = False
-            for event in self.store.events(self.build.build_id, last_id):
-                received = True
-                last_id = event.id
-                self._handle(event)
-            if received:
-                last_event_at = time.monotonic()
-            else:
-                self._check_alive(last_event_at)
+        with connect_registry(self.settings) as registry:
+            while not self._all_ended():
+                received = False
+                for event in self.store.events(self.build.build_id, last_id):
+                    received = True
+                    last_id = event.id
+                    self._handle(event)
+                self._finish_ready(registry)
+                if received:
+                    last_event_at = time.monotonic()
+                else:
+                    self._check_alive(last_event_at)
 
         status = "succeeded" if self.outcome.succeeded else "failed"
         self.store.finish(self.build.build_id, status, failed=" ".join(self.outcome.failed_entries))
@@ -125,25 +133,38 @@ class BuildFollower:
             if unit.target_id == node:
                 self._built_units[(unit.entry.name, unit.platform)] = result.digest
         for name, entry in self.outcome.entries.items():
-            if entry.status == "running" and self._entry_built(name):
-                self._finish_entry(name)
+            if entry.status == "running" and name not in self._ready and self._entry_built(name):
+                self._ready.append(name)
 
     def _entry_built(self, name: str) -> bool:
         return all((name, unit.platform) in self._built_units for unit in self.build.units_of(name))
 
-    def _finish_entry(self, name: str) -> None:
+    def _finish_ready(self, registry: RegistryClient) -> None:
+        """Write the tags of the entries whose targets are all built, several at a time."""
+        if not self._ready:
+            return
+        names, self._ready = self._ready, []
+        with ThreadPoolExecutor(max_workers=_TAGGING_THREADS) as pool:
+            digests = list(pool.map(lambda name: self._write_tags(registry, name), names))
+        for name, digest in zip(names, digests, strict=True):
+            self._print_entry(name, digest)
+
+    def _write_tags(self, registry: RegistryClient, name: str) -> str:
         entry = self.outcome.entries[name]
         entry.digests = {
             unit.platform: self._built_units[(name, unit.platform)] for unit in self.build.units_of(name)
         }
         tags = self.build.tags.get(name, [])
-        with connect_registry(self.settings) as registry:
-            digest = write_tags(registry, self.settings, tags, entry.digests)
+        digest = write_tags(registry, self.settings, tags, entry.digests)
         entry.tags = [str(tag) for tag in tags]
         entry.status = "succeeded"
+        return digest
+
+    def _print_entry(self, name: str, digest: str) -> None:
         label = f"entry {escape(name)}: " if len(self.outcome.entries) > 1 else ""
+        tags = self.outcome.entries[name].tags
         for tag in tags:
-            self.console.print(f"[bold green]tagged[/]    {label}{escape(str(tag))}@{digest}")
+            self.console.print(f"[bold green]tagged[/]    {label}{escape(tag)}@{digest}")
         if not tags:
             self.console.print(f"[bold green]built[/]     {label}{digest}")
 

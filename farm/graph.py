@@ -9,6 +9,7 @@ in the registry is cached, and the stages only it needed are dropped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -23,6 +24,9 @@ from .stages import Stage, StageGraph
 
 if TYPE_CHECKING:
     from .submit import BuildUnit
+
+# Registry look-ups are small requests; a few in flight hide their latency.
+_LOOKUP_THREADS = 8
 
 _DOCKER_HUB = ("", "docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -70,22 +74,26 @@ class StageGraphBuilder:
     def find_cached(self, registry: RegistryClient, targets: list[str]) -> dict[str, StageResult]:
         """Return the nodes, reachable from `targets`, whose key is already in the registry.
 
-        A cached node's own dependencies are not looked up: nothing needs them.
+        A cached node's own dependencies are not looked up: nothing needs
+        them. Each level of the graph is looked up in parallel.
         """
         cached: dict[str, StageResult] = {}
         seen: set[str] = set()
-        pending = list(targets)
-        while pending:
-            node = pending.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            spec = self.specs[node]
-            manifest = registry.get_manifest(self.settings.stages_repository, spec.key)
-            if manifest is not None:
-                cached[node] = StageResult(worker="", digest=manifest.digest, cached=True)
-            else:
-                pending.extend(spec.needs)
+        level = list(dict.fromkeys(targets))
+        with ThreadPoolExecutor(max_workers=_LOOKUP_THREADS) as pool:
+            while level:
+                seen.update(level)
+                keys = [self.specs[node].key for node in level]
+                digests = pool.map(
+                    lambda key: registry.manifest_digest(self.settings.stages_repository, key), keys
+                )
+                following: list[str] = []
+                for node, digest in zip(level, digests, strict=True):
+                    if digest:
+                        cached[node] = StageResult(worker="", digest=digest, cached=True)
+                    else:
+                        following.extend(need for need in self.specs[node].needs if need not in seen)
+                level = list(dict.fromkeys(following))
         return cached
 
     def prune(self, cached: dict[str, StageResult], targets: list[str]) -> dict[str, StageSpec]:

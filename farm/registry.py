@@ -60,8 +60,12 @@ class RegistryClient:
         scheme = "http" if insecure else "https"
         # The transport retries failed connection attempts only; HTTP errors
         # come back to the caller unchanged.
-        transport = httpx.HTTPTransport(retries=3)
+        # Loading the CA bundle costs tens of milliseconds, so plain HTTP skips it.
+        transport = httpx.HTTPTransport(
+            retries=3, verify=not insecure, limits=httpx.Limits(max_connections=16)
+        )
         self._http = httpx.Client(base_url=f"{scheme}://{registry}", timeout=timeout, transport=transport)
+        self._manifests: dict[tuple[str, str], Manifest] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -144,8 +148,6 @@ class RegistryClient:
 
     def mount_blob(self, repository: str, digest: str, source_repository: str) -> None:
         """Link an existing blob of `source_repository` into `repository` without copying it."""
-        if self.blob_exists(repository, digest):
-            return
         response = self._request(
             "POST",
             f"/v2/{repository}/blobs/uploads/",
@@ -159,6 +161,16 @@ class RegistryClient:
         self._expect(response, (201,), f"mount of blob {digest} into {repository}")
 
     # Manifests
+
+    def manifest_digest(self, repository: str, reference: str) -> str | None:
+        """Return the digest of `repository:reference` from a HEAD request, or None when absent."""
+        response = self._request(
+            "HEAD", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ", ".join(MANIFEST_TYPES)}
+        )
+        if response.status_code == 404:
+            return None
+        self._expect(response, (200,), f"manifest {repository}:{reference}")
+        return response.headers.get("Docker-Content-Digest")
 
     def get_manifest(self, repository: str, reference: str) -> Manifest | None:
         """Return the manifest of `repository:reference`, or None when there is none."""
@@ -191,19 +203,27 @@ class RegistryClient:
         Blobs are mounted across repositories, and an image index is copied
         with every manifest it lists, so nothing is downloaded.
         """
-        manifest = self.get_manifest(source_repository, reference)
-        if manifest is None:
-            raise RegistryError(f"{self.registry}/{source_repository}@{reference} not found")
+        manifest = self._source_manifest(source_repository, reference)
         self._copy_referenced(source_repository, repository, manifest)
         return self.put_manifest(repository, tag, manifest)
+
+    def _source_manifest(self, repository: str, digest: str) -> Manifest:
+        """Return a manifest by digest, remembered: content under a digest never changes."""
+        cached = self._manifests.get((repository, digest))
+        if cached is not None:
+            return cached
+        manifest = self.get_manifest(repository, digest)
+        if manifest is None:
+            raise RegistryError(f"{self.registry}/{repository}@{digest} not found")
+        if digest.startswith("sha256:"):
+            self._manifests[(repository, digest)] = manifest
+        return manifest
 
     def _copy_referenced(self, source_repository: str, repository: str, manifest: Manifest) -> None:
         document = manifest.json()
         if manifest.media_type in INDEX_TYPES:
             for child in document.get("manifests", []):
-                child_manifest = self.get_manifest(source_repository, child["digest"])
-                if child_manifest is None:
-                    raise RegistryError(f"{source_repository}@{child['digest']} not found")
+                child_manifest = self._source_manifest(source_repository, child["digest"])
                 self._copy_referenced(source_repository, repository, child_manifest)
                 self.put_manifest(repository, child["digest"], child_manifest)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from .spec import StageResult, StageSpec
 from .stages import default_platform
 
 log = structlog.get_logger(__name__)
+
+_UPLOAD_THREADS = 8
 
 
 @dataclass
@@ -107,14 +110,34 @@ def _plan_stages(
     """Key every stage of every unit, merge equal keys, and find the cached ones."""
     builder = StageGraphBuilder(settings, registry, naming=_Naming(units))
     with tempfile.TemporaryDirectory(prefix="farm-context-") as scratch:
-        contexts: dict[Path, PackedContext] = {}
+        contexts = _upload_contexts(
+            registry, [unit.entry.context.resolve() for unit in units], Path(scratch), settings
+        )
         for unit in units:
-            context_dir = unit.entry.context.resolve()
-            if context_dir not in contexts:
-                contexts[context_dir] = _upload_context(registry, context_dir, Path(scratch), settings)
-            unit.target_id = builder.add(unit, contexts[context_dir])
-    cached = builder.find_cached(registry, [unit.target_id for unit in units]) if use_cache else {}
-    return builder.prune(cached, [unit.target_id for unit in units]), cached
+            unit.target_id = builder.add(unit, contexts[unit.entry.context.resolve()])
+    targets = [unit.target_id for unit in units]
+    cached = builder.find_cached(registry, targets) if use_cache else {}
+    return builder.prune(cached, targets), cached
+
+
+def _upload_contexts(
+    registry: RegistryClient, directories: list[Path], scratch: Path, settings: Settings
+) -> dict[Path, PackedContext]:
+    """Pack each distinct context and upload those the registry does not have yet, in parallel."""
+    packed = {}
+    for directory in dict.fromkeys(directories):
+        archive = Path(tempfile.mkdtemp(dir=scratch)) / "context.tar.gz"
+        packed[directory] = pack_context(directory, archive)
+
+    def upload(context: PackedContext) -> None:
+        registry.push_blob(settings.contexts_repository, context.path, context.digest)
+
+    with ThreadPoolExecutor(max_workers=_UPLOAD_THREADS) as pool:
+        list(pool.map(upload, packed.values()))
+    log.info(
+        "contexts uploaded", contexts=len(packed), bytes=sum(context.size for context in packed.values())
+    )
+    return packed
 
 
 class _Naming:
@@ -148,15 +171,3 @@ def resolve_tag(text: str, settings: Settings) -> ImageReference:
             f"{settings.registry} (FARM_REGISTRY); tags are written there"
         )
     return ImageReference(settings.registry, reference.repository, reference.tag or "latest")
-
-
-def _upload_context(
-    registry: RegistryClient, context: Path, scratch: Path, settings: Settings
-) -> PackedContext:
-    archive = Path(tempfile.mkdtemp(dir=scratch)) / "context.tar.gz"
-    packed = pack_context(context, archive)
-    registry.push_blob(settings.contexts_repository, packed.path, packed.digest)
-    log.info(
-        "context uploaded", context=str(context), digest=packed.digest, bytes=packed.size, files=packed.files
-    )
-    return packed

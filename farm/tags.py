@@ -25,8 +25,7 @@ def write_tags(
     digest = _image_digest(registry, settings, digests)
     for tag in tags:
         registry.copy_image(settings.stages_repository, digest, tag.repository, tag.reference)
-        manifest = registry.get_manifest(tag.repository, tag.reference)
-        if manifest is None or manifest.digest != digest:
+        if registry.manifest_digest(tag.repository, tag.reference) != digest:
             raise RegistryError(f"tag {tag} was written but the registry does not return {digest} for it")
         log.info("tag written", tag=str(tag), digest=digest)
     return digest
