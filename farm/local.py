@@ -119,6 +119,23 @@ class LocalFarm:
         env = {**os.environ, **state.environment(), **(extra_env or {})}
         return self._spawn(f"worker-{name}", command, env)
 
+    def add_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
+        """Start one more worker on the running farm, record it for `stop`, and wait for its heartbeat.
+
+        A worker probes its host when it starts, so one added later detects
+        what changed since, such as an emulator registered in binfmt_misc.
+        """
+        state = self.load()
+        if state is None:
+            raise FarmError(f"no local farm runs from {self.directory}; start one with: farm local up")
+        if any(service.name == f"worker-{name}" for service in state.services):
+            raise FarmError(f"the local farm in {self.directory} already has a worker named {name!r}")
+        service = self.start_worker(state, name, extra_env)
+        state.services.append(service)
+        self._save(state)
+        self.wait_for_workers(state, [name])
+        return service
+
     def wait_for_workers(self, state: LocalFarmState, names: list[str]) -> None:
         """Wait until each named worker has published its heartbeat."""
         client = redis.Redis.from_url(state.redis_url)
