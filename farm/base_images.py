@@ -10,7 +10,10 @@ mirror) and pushes them where a docker.io mirror is looked up:
 registry and unmodified Dockerfiles build.
 
 Images are written directly as OCI artifacts: one reproducible gzip tar
-layer, an image config and a manifest.
+layer, an image config and a manifest. The busybox image can also hold
+other platforms (from Debian's busybox-static package of that
+architecture), listed in an OCI image index, so `buildah bud --platform
+linux/arm64` pulls the arm64 variant of `FROM busybox`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import gzip
 import hashlib
 import json
 import os
-import platform
+import platform as _platform
 import re
 import shutil
 import subprocess
@@ -31,7 +34,15 @@ from typing import BinaryIO
 import structlog
 
 from .errors import FarmError
-from .registry import OCI_MANIFEST, Manifest, RegistryClient, file_digest, sha256_digest
+from .registry import (
+    OCI_MANIFEST,
+    Manifest,
+    RegistryClient,
+    file_digest,
+    image_index,
+    platform_object,
+    sha256_digest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +53,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 BUSYBOX_BINARY = Path("/bin/busybox")
+BUSYBOX_PACKAGE = "busybox-static"
 BUSYBOX_REPOSITORY = "library/busybox"
 DEBIAN_REPOSITORY = "library/debian"
 
@@ -64,6 +76,25 @@ _OCI_ARCHITECTURES = {
     "riscv64": "riscv64",
 }
 
+# OCI platforms mapped to Debian architectures (for `apt-get download
+# PACKAGE:ARCH`) and to the names of qemu-user-static's emulators.
+_DEBIAN_ARCHITECTURES = {
+    "linux/amd64": "amd64",
+    "linux/arm64": "arm64",
+    "linux/arm/v7": "armhf",
+    "linux/386": "i386",
+    "linux/ppc64le": "ppc64el",
+    "linux/s390x": "s390x",
+}
+_QEMU_EMULATORS = {
+    "linux/amd64": "qemu-x86_64-static",
+    "linux/arm64": "qemu-aarch64-static",
+    "linux/arm/v7": "qemu-arm-static",
+    "linux/386": "qemu-i386-static",
+    "linux/ppc64le": "qemu-ppc64le-static",
+    "linux/s390x": "qemu-s390x-static",
+}
+
 _PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = "root:x:0:\nnobody:x:65534:\n"
 
@@ -71,17 +102,19 @@ _COMPLETE_MARKER = "rootfs.complete"
 _OUTPUT_TAIL_LINES = 20
 
 
-def build_busybox_rootfs(destination: Path) -> None:
+def build_busybox_rootfs(
+    destination: Path, binary: Path = BUSYBOX_BINARY, platform: str | None = None
+) -> None:
     """Create a busybox root filesystem in the empty or missing directory `destination`.
 
     The binary comes from the busybox-static package, so it needs no shared
     libraries. Every applet is a symbolic link to /bin/busybox, as in Docker
-    Hub's busybox image.
+    Hub's busybox image. A `binary` for another `platform` than this
+    machine's is asked for its applets through qemu-user-static.
     """
-    if not BUSYBOX_BINARY.is_file():
+    if not binary.is_file():
         raise FarmError(
-            f"{BUSYBOX_BINARY} not found. Install the busybox-static package "
-            "(apt-get install busybox-static)."
+            f"{binary} not found. Install the busybox-static package (apt-get install busybox-static)."
         )
     _require_empty(destination)
 
@@ -93,11 +126,11 @@ def build_busybox_rootfs(destination: Path) -> None:
     (destination / "root").chmod(0o700)
     (destination / "tmp").chmod(0o1777)
 
-    binary = destination / "bin" / "busybox"
-    shutil.copyfile(BUSYBOX_BINARY, binary)
-    binary.chmod(0o755)
+    copy = destination / "bin" / "busybox"
+    shutil.copyfile(binary, copy)
+    copy.chmod(0o755)
 
-    for applet in _busybox_applets():
+    for applet in _busybox_applets(binary, platform):
         link = destination / applet
         if applet == "bin/busybox" or link.exists() or link.is_symlink():
             continue
@@ -202,38 +235,42 @@ def push_image(
     layer_digest: str,
     diff_id: str,
     cmd: list[str],
+    platform: str | None = None,
 ) -> str:
     """Push a one-layer image as `repository:tag` and return its manifest digest.
 
-    The layer blob goes first and the manifest last, because a registry
-    rejects a manifest whose blobs it does not have.
+    The config names `platform` (default: this machine's). The layer blob
+    goes first and the manifest last, because a registry rejects a manifest
+    whose blobs it does not have.
     """
-    log.info("push started", registry=client.registry, repository=repository, tag=tag)
-    client.push_blob(repository, layer, layer_digest)
-
-    config = image_config(diff_id, cmd)
-    config_digest = client.push_blob_bytes(repository, config)
-
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.stat().st_size}],
-    }
-    content = _canonical_json(manifest)
-    digest = client.put_manifest(repository, tag, Manifest(OCI_MANIFEST, content, sha256_digest(content)))
+    log.info("push started", registry=client.registry, repository=repository, tag=tag, platform=platform)
+    manifest = _push_blobs(client, repository, layer, layer_digest, diff_id, cmd, platform)
+    digest = client.put_manifest(repository, tag, manifest)
     log.info("push finished", registry=client.registry, repository=repository, tag=tag, digest=digest)
     return digest
 
 
-def image_config(diff_id: str, cmd: list[str]) -> bytes:
-    """Return the OCI image config of a one-layer image for this machine's architecture.
+def push_index(client: RegistryClient, repository: str, tag: str, images: dict[str, Manifest]) -> str:
+    """Push the per-platform `images` by digest and an OCI image index of them as `repository:tag`.
+
+    Returns the digest of the index.
+    """
+    for platform, manifest in sorted(images.items()):
+        client.put_manifest(repository, manifest.digest, manifest)
+        log.info("push finished", repository=repository, platform=platform, digest=manifest.digest)
+    index = image_index(images)
+    digest = client.put_manifest(repository, tag, index)
+    log.info("index pushed", repository=repository, tag=tag, digest=digest, platforms=sorted(images))
+    return digest
+
+
+def image_config(diff_id: str, cmd: list[str], platform: str | None = None) -> bytes:
+    """Return the OCI image config of a one-layer image for `platform` (default: this machine's).
 
     It has no creation time, so the same layer always gives the same config digest.
     """
     config = {
-        "architecture": host_architecture(),
-        "os": "linux",
+        **platform_object(platform or host_platform()),
         "config": {"Env": [f"PATH={DEFAULT_PATH}"], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": f"farm.base_images: rootfs with CMD {json.dumps(cmd)}"}],
@@ -243,29 +280,86 @@ def image_config(diff_id: str, cmd: list[str]) -> bytes:
 
 def host_architecture() -> str:
     """Return the OCI name (`amd64`, `arm64`, ...) of this machine's CPU architecture."""
-    machine = platform.machine().lower()
+    machine = _platform.machine().lower()
     try:
         return _OCI_ARCHITECTURES[machine]
     except KeyError:
         raise FarmError(f"no OCI architecture name is known for CPU architecture {machine!r}") from None
 
 
-def make_busybox_image(client: RegistryClient, workdir: Path) -> str:
-    """Build the busybox image in `workdir/busybox` and push it as `library/busybox:latest`.
+def host_platform() -> str:
+    """Return this machine's platform in OCI form, such as `linux/amd64`."""
+    return f"linux/{host_architecture()}"
 
+
+def make_busybox_image(client: RegistryClient, workdir: Path, platforms: list[str] | None = None) -> str:
+    """Build the busybox image and push it as `library/busybox:latest`.
+
+    Without `platforms` the image is this machine's, built in
+    `workdir/busybox`. Otherwise each platform's image is built in
+    `workdir/busybox-<platform>` from Debian's busybox-static package of
+    that architecture (see `busybox_binary`). The tag is then that image
+    for one platform, or an OCI image index listing them for several.
     Returns the pushed reference, `<registry>/library/busybox:latest`.
     """
-    base = workdir / "busybox"
-    rootfs = base / "rootfs"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    build_busybox_rootfs(rootfs)
+    reference = f"{client.registry}/{BUSYBOX_REPOSITORY}:latest"
+    if not platforms:
+        layer, digest, diff_id = _busybox_layer(workdir / "busybox", BUSYBOX_BINARY, None)
+        push_image(client, BUSYBOX_REPOSITORY, "latest", layer, digest, diff_id, ["sh"])
+        return reference
 
-    layer = base / "layer.tar.gz"
-    digest, diff_id = pack_layer(rootfs, layer, root_owned=True)
+    # An unsupported platform fails before anything is built or pushed.
+    for requested in platforms:
+        if requested != host_platform():
+            _debian_architecture(requested)
 
-    push_image(client, BUSYBOX_REPOSITORY, "latest", layer, digest, diff_id, ["sh"])
-    return f"{client.registry}/{BUSYBOX_REPOSITORY}:latest"
+    images = {}
+    for requested in dict.fromkeys(platforms):
+        binary = busybox_binary(requested, workdir)
+        base = workdir / ("busybox-" + requested.replace("/", "-"))
+        layer, digest, diff_id = _busybox_layer(base, binary, requested)
+        images[requested] = _push_blobs(client, BUSYBOX_REPOSITORY, layer, digest, diff_id, ["sh"], requested)
+
+    if len(images) == 1:
+        client.put_manifest(BUSYBOX_REPOSITORY, "latest", next(iter(images.values())))
+    else:
+        push_index(client, BUSYBOX_REPOSITORY, "latest", images)
+    return reference
+
+
+def busybox_binary(platform: str, workdir: Path) -> Path:
+    """Return a static busybox binary for `platform`.
+
+    This machine's platform uses /bin/busybox. Another one downloads
+    Debian's busybox-static package of that architecture with `apt-get
+    download` (the machine's apt mirror, so no internet beyond it) and
+    unpacks it below `workdir`, where the next call finds it.
+    """
+    if platform == host_platform():
+        return BUSYBOX_BINARY
+    architecture = _debian_architecture(platform)
+    directory = workdir / f"{BUSYBOX_PACKAGE}-{architecture}"
+    binary = directory / "root" / "bin" / "busybox"
+    if binary.is_file():
+        return binary
+
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    package = f"{BUSYBOX_PACKAGE}:{architecture}"
+    # Downloading as root into a directory that apt's sandbox user cannot
+    # write makes apt warn; this directory is ours, so skip the sandbox.
+    _run_or_raise(
+        ["apt-get", "download", "-o", "APT::Sandbox::User=root", package],
+        cwd=directory,
+        hint=f"Enable the architecture first: dpkg --add-architecture {architecture} && apt-get update",
+    )
+    debs = sorted(directory.glob(f"{BUSYBOX_PACKAGE}_*_{architecture}.deb"))
+    if not debs:
+        raise FarmError(f"apt-get download {package} wrote no .deb file into {directory}")
+    _run_or_raise(["dpkg-deb", "-x", str(debs[-1]), str(directory / "root")], hint="Check the package file.")
+    if not binary.is_file():
+        raise FarmError(f"{debs[-1]} has no bin/busybox")
+    return binary
 
 
 def make_debian_image(
@@ -296,6 +390,64 @@ def make_debian_image(
 
     push_image(client, DEBIAN_REPOSITORY, suite, layer, digest, diff_id, ["bash"])
     return f"{client.registry}/{DEBIAN_REPOSITORY}:{suite}"
+
+
+def _busybox_layer(base: Path, binary: Path, platform: str | None) -> tuple[Path, str, str]:
+    """Build a busybox root filesystem in `base/rootfs` and pack it; return (layer, digest, diff_id)."""
+    rootfs = base / "rootfs"
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    build_busybox_rootfs(rootfs, binary, platform)
+
+    layer = base / "layer.tar.gz"
+    digest, diff_id = pack_layer(rootfs, layer, root_owned=True)
+    return layer, digest, diff_id
+
+
+def _push_blobs(
+    client: RegistryClient,
+    repository: str,
+    layer: Path,
+    layer_digest: str,
+    diff_id: str,
+    cmd: list[str],
+    platform: str | None,
+) -> Manifest:
+    """Push the layer and config of a one-layer image and return its manifest, not yet pushed."""
+    client.push_blob(repository, layer, layer_digest)
+
+    config = image_config(diff_id, cmd, platform)
+    config_digest = client.push_blob_bytes(repository, config)
+
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.stat().st_size}],
+    }
+    content = _canonical_json(manifest)
+    return Manifest(OCI_MANIFEST, content, sha256_digest(content))
+
+
+def _debian_architecture(platform: str) -> str:
+    try:
+        return _DEBIAN_ARCHITECTURES[platform]
+    except KeyError:
+        known = ", ".join(sorted(_DEBIAN_ARCHITECTURES))
+        raise FarmError(
+            f"unsupported platform {platform!r} for the busybox image; supported: {known}"
+        ) from None
+
+
+def _run_or_raise(command: list[str], hint: str, cwd: Path | None = None) -> None:
+    try:
+        result = _run(command, cwd)
+    except OSError as error:
+        raise FarmError(f"cannot run {' '.join(command)}: {error}") from None
+    if result.returncode != 0:
+        raise FarmError(
+            f"{' '.join(command)} failed with exit code {result.returncode}: {_tail(result.stdout)}\n{hint}"
+        )
 
 
 class _HashingWriter:
@@ -348,14 +500,32 @@ def _normalize(info: tarfile.TarInfo, root_owned: bool) -> None:
         info.gid = 0
 
 
-def _busybox_applets() -> list[str]:
-    result = _run([str(BUSYBOX_BINARY), "--list-full"])
+def _busybox_applets(binary: Path, platform: str | None) -> list[str]:
+    command = [str(binary), "--list-full"]
+    if platform and platform != host_platform():
+        # Running the emulator directly works whether or not binfmt_misc has an entry for it.
+        command.insert(0, _emulator(platform))
+    try:
+        result = _run(command)
+    except OSError as error:
+        raise FarmError(f"cannot run {' '.join(command)}: {error}") from None
     if result.returncode != 0:
         raise FarmError(
-            f"{BUSYBOX_BINARY} --list-full failed with exit code {result.returncode}: "
+            f"{' '.join(command)} failed with exit code {result.returncode}: "
             f"{_tail(result.stdout)}\nCheck that the busybox-static package is installed intact."
         )
     return sorted(line.strip().lstrip("/") for line in result.stdout.splitlines() if line.strip())
+
+
+def _emulator(platform: str) -> str:
+    name = _QEMU_EMULATORS.get(platform)
+    path = shutil.which(name) if name else None
+    if path is None:
+        raise FarmError(
+            f"no emulator for {platform} found ({name or 'unknown platform'} is not on PATH). "
+            "Install the qemu-user-static package (apt-get install qemu-user-static)."
+        )
+    return path
 
 
 def _run_debootstrap(command: list[str], destination: Path) -> None:
@@ -375,9 +545,10 @@ def _run_debootstrap(command: list[str], destination: Path) -> None:
     )
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         command,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

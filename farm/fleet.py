@@ -39,7 +39,17 @@ def require_platforms(client: redis.Redis, platforms: set[str]) -> None:
 
 
 def route_platform(client: redis.Redis, platform: str) -> str:
-    """Return the queue for a stage of `platform`: the native one while a native worker is live."""
+    """Return the queue for a stage of `platform`: the native one while a native worker is live.
+
+    A worker serves the shared queue of every platform it builds and the
+    `.native` queue only of its own platform (see `queue_for`). So while
+    a native worker is live, stages of its platform reach native workers
+    only, and emulating workers take them only when no native one is live.
+
+    NOTE: the choice is made when a stage is queued. A stage sent to the
+    `.native` queue waits there if every native worker leaves afterwards,
+    even while an emulating worker is live.
+    """
     for worker in live_workers(client):
         native = set(worker.get("platforms", [])) - set(worker.get("emulated", []))
         if platform in native:

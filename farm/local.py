@@ -120,10 +120,16 @@ class LocalFarm:
         return self._spawn(f"worker-{name}", command, env)
 
     def add_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
-        """Start one more worker on the running farm and wait for its heartbeat."""
+        """Start one more worker on the running farm, record it for `stop`, and wait for its heartbeat.
+
+        A worker probes its host when it starts, so one added later detects
+        what changed since, such as an emulator registered in binfmt_misc.
+        """
         state = self.load()
         if state is None:
-            raise FarmError(f"no local farm runs from {self.directory}")
+            raise FarmError(f"no local farm runs from {self.directory}; start one with: farm local up")
+        if any(service.name == f"worker-{name}" for service in state.services):
+            raise FarmError(f"the local farm in {self.directory} already has a worker named {name!r}")
         service = self.start_worker(state, name, extra_env)
         state.services.append(service)
         self._save(state)

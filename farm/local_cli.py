@@ -41,6 +41,12 @@ def add_local_commands(commands) -> None:
         "--debian", action="store_true", help="also make debian:bookworm (debootstrap, about 30 s)"
     )
     images.add_argument(
+        "--platform",
+        help="comma-separated platforms of the busybox image, such as linux/amd64,linux/arm64; "
+        "several make an image index, other architectures come from Debian's busybox-static "
+        "package of that architecture (default: this host's)",
+    )
+    images.add_argument(
         "--dir",
         type=Path,
         default=DEFAULT_DIRECTORY / "base-images",
@@ -84,7 +90,8 @@ def _run_base_images(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     args.dir.mkdir(parents=True, exist_ok=True)
     with connect_registry(settings) as registry:
-        print(base_images.make_busybox_image(registry, args.dir))
+        platforms = [item.strip() for item in (args.platform or "").split(",") if item.strip()]
+        print(base_images.make_busybox_image(registry, args.dir, platforms))
         if args.debian:
             print(base_images.make_debian_image(registry, args.dir))
     return 0

@@ -52,6 +52,31 @@ def file_digest(path: Path) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
+def platform_object(platform: str) -> dict[str, str]:
+    """Return the OCI `platform` object (os, architecture, variant) of `os/architecture[/variant]`."""
+    os_name, _, rest = platform.partition("/")
+    architecture, _, variant = rest.partition("/")
+    result = {"os": os_name, "architecture": architecture}
+    if variant:
+        result["variant"] = variant
+    return result
+
+
+def image_index(images: dict[str, Manifest]) -> Manifest:
+    """Return an OCI image index listing one image manifest per platform, sorted by platform."""
+    entries = [
+        {
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": len(manifest.content),
+            "platform": platform_object(platform),
+        }
+        for platform, manifest in sorted(images.items())
+    ]
+    content = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    return Manifest(OCI_INDEX, content, sha256_digest(content))
+
+
 class RegistryClient:
     """Blob and manifest operations against one registry (`host:port`)."""
 

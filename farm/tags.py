@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import structlog
 
 from .config import Settings
 from .errors import RegistryError
 from .reference import ImageReference
-from .registry import OCI_INDEX, Manifest, RegistryClient, sha256_digest
+from .registry import RegistryClient, image_index
 
 log = structlog.get_logger(__name__)
 
@@ -35,28 +33,11 @@ def _image_digest(registry: RegistryClient, settings: Settings, digests: dict[st
     if len(digests) == 1:
         return next(iter(digests.values()))
 
-    entries = []
+    images = {}
     for platform, digest in sorted(digests.items()):
         manifest = registry.get_manifest(settings.stages_repository, digest)
         if manifest is None:
             raise RegistryError(f"{settings.stages_repository}@{digest} not found for platform {platform}")
-        entries.append(
-            {
-                "mediaType": manifest.media_type,
-                "digest": digest,
-                "size": len(manifest.content),
-                "platform": _platform_object(platform),
-            }
-        )
-    content = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
-    index = Manifest(OCI_INDEX, content, sha256_digest(content))
+        images[platform] = manifest
+    index = image_index(images)
     return registry.put_manifest(settings.stages_repository, index.digest, index)
-
-
-def _platform_object(platform: str) -> dict[str, str]:
-    os_name, _, rest = platform.partition("/")
-    architecture, _, variant = rest.partition("/")
-    platform_object = {"os": os_name, "architecture": architecture}
-    if variant:
-        platform_object["variant"] = variant
-    return platform_object

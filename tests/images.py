@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.reference import parse_reference
-from farm.registry import RegistryClient
+from farm.registry import INDEX_TYPES, RegistryClient, platform_object
 
 
 @dataclass(frozen=True)
@@ -23,22 +23,44 @@ class ImageFile:
     linkname: str = ""
 
 
-def image_config(registry: RegistryClient, reference: str) -> dict:
+def image_config(registry: RegistryClient, reference: str, platform: str | None = None) -> dict:
     """Return the image config (the `config` object of the config blob)."""
+    return image_config_blob(registry, reference, platform).get("config", {})
+
+
+def image_config_blob(registry: RegistryClient, reference: str, platform: str | None = None) -> dict:
+    """Return the whole config blob, with `architecture` and `os` beside `config`."""
+    parsed = parse_reference(reference)
+    manifest = image_manifest(registry, reference, platform)
+    return json.loads(_blob(registry, parsed.repository, manifest["config"]["digest"]))
+
+
+def image_manifest(registry: RegistryClient, reference: str, platform: str | None = None) -> dict:
+    """Return the image manifest of `reference`; with `platform`, resolve an image index to it."""
     parsed = parse_reference(reference)
     manifest = registry.get_manifest(parsed.repository, parsed.reference)
     assert manifest is not None, f"{reference} is not in the registry"
-    blob = _blob(registry, parsed.repository, manifest.json()["config"]["digest"])
-    return json.loads(blob).get("config", {})
+    if manifest.media_type not in INDEX_TYPES:
+        assert platform is None, f"{reference} is a single image ({manifest.media_type}), not an index"
+        return manifest.json()
+
+    assert platform is not None, f"{reference} is an image index: name the platform to read"
+    expected = platform_object(platform)
+    digests = [entry["digest"] for entry in manifest.json()["manifests"] if entry.get("platform") == expected]
+    assert len(digests) == 1, f"{reference} lists {len(digests)} manifests for {platform}"
+    child = registry.get_manifest(parsed.repository, digests[0])
+    assert child is not None, f"{parsed.repository}@{digests[0]} is listed by {reference} but missing"
+    return child.json()
 
 
-def image_files(registry: RegistryClient, reference: str) -> dict[str, ImageFile]:
+def image_files(
+    registry: RegistryClient, reference: str, platform: str | None = None
+) -> dict[str, ImageFile]:
     """Apply the image's layers in order and return its files by absolute path."""
     parsed = parse_reference(reference)
-    manifest = registry.get_manifest(parsed.repository, parsed.reference)
-    assert manifest is not None, f"{reference} is not in the registry"
+    manifest = image_manifest(registry, reference, platform)
     files: dict[str, ImageFile] = {}
-    for layer in manifest.json()["layers"]:
+    for layer in manifest["layers"]:
         data = _blob(registry, parsed.repository, layer["digest"])
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             for member in tar:
