@@ -23,6 +23,7 @@ from .content_key import reads_context, stage_key
 from .context import pack_context
 from .errors import FarmError, RegistryError
 from .fleet import require_platforms
+from .inline_images import plan_inline_images, push_inline_images
 from .plan import Plan, plan_dockerfile
 from .reference import ImageReference, parse_reference
 from .registry import RegistryClient
@@ -71,6 +72,7 @@ def submit(request: BuildRequest, settings: Settings) -> SubmittedBuild:
     require_platforms(redis_client, {stage.platform or platform for stage in plan.stages})
     with connect_registry(settings) as registry:
         context_digest = _upload_context(registry, Path(request.context), settings)
+        push_inline_images(registry, settings.stages_repository, plan_inline_images(plan))
 
     build_id = uuid.uuid4().hex[:12]
     specs = build_specs(plan, settings, request.build_args, platform, context_digest)
@@ -110,7 +112,9 @@ def build_specs(
         key = stage_key(canonical.dockerfile, build_args, stage_platform, context)
         stage_keys[stage.index] = key
 
-        rendered = render_stage(graph, stage, lambda index: f"{registry_stages}:{stage_keys[index]}")
+        rendered = render_stage(
+            graph, stage, lambda index: f"{registry_stages}:{stage_keys[index]}", registry_stages
+        )
         specs[stage.id] = StageSpec(
             id=stage.id,
             index=stage.index,
