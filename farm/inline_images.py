@@ -63,7 +63,9 @@ def push_inline_images(registry: RegistryClient, repository: str, images: list[I
                 "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": len(layer)}],
             }
         )
-        registry.put_manifest(repository, image.tag, Manifest(OCI_MANIFEST, manifest, sha256_digest(manifest)))
+        registry.put_manifest(
+            repository, image.tag, Manifest(OCI_MANIFEST, manifest, sha256_digest(manifest))
+        )
         log.info("inline image pushed", repository=repository, tag=image.tag, files=len(image.files))
 
 

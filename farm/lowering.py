@@ -116,7 +116,9 @@ def _lower_copy(
     except ValueError as error:
         raise DockerfileError(path, instruction.line, f"cannot read {instruction.keyword}: {error}") from None
     if len(words) < 2:
-        raise DockerfileError(path, instruction.line, f"{instruction.keyword} needs a source and a destination")
+        raise DockerfileError(
+            path, instruction.line, f"{instruction.keyword} needs a source and a destination"
+        )
     if flags.value("from") is not None:
         raise DockerfileError(path, instruction.line, f"{instruction.keyword} --from cannot copy a heredoc")
     sources, destination = words[:-1], words[-1]
@@ -145,11 +147,15 @@ def _lower_copy(
             kept = " ".join(flag.text for flag in flags.flags)
             texts.append(_join(instruction.keyword, kept, *items, destination))
             continue
-        image = InlineImage(tuple((f"{number}/{name}", content) for number, (name, content) in enumerate(items)))
+        image = InlineImage(
+            tuple((f"{number}/{name}", content) for number, (name, content) in enumerate(items))
+        )
         images.append(image)
         kept = " ".join(flag.text for flag in flags.flags if flag.name not in _ADD_ONLY_FLAGS)
         sources_in_image = [f"/{file_path}" for file_path, _ in image.files]
-        texts.append(_join("COPY", kept, f"--from={inline_reference}:{image.tag}", *sources_in_image, destination))
+        texts.append(
+            _join("COPY", kept, f"--from={inline_reference}:{image.tag}", *sources_in_image, destination)
+        )
     return LoweredInstruction(texts, images)
 
 

@@ -94,7 +94,9 @@ def shell_of(instruction: Instruction, path: str) -> list[str]:
     except ValueError:
         shell = None
     if not isinstance(shell, list) or not shell or not all(isinstance(word, str) for word in shell):
-        raise DockerfileError(path, instruction.line, 'SHELL needs a JSON array, such as SHELL ["/bin/sh", "-c"]')
+        raise DockerfileError(
+            path, instruction.line, 'SHELL needs a JSON array, such as SHELL ["/bin/sh", "-c"]'
+        )
     return shell
 
 
@@ -116,7 +118,9 @@ def _rewrite_references(
     for flag in flags.flags:
         words.append(_rewrite_flag(instruction.keyword, flag, image_of))
     arguments = " ".join(words) + (" " + flags.rest if flags.rest else "")
-    return Instruction(instruction.keyword, arguments, instruction.line, instruction.end_line, instruction.heredocs)
+    return Instruction(
+        instruction.keyword, arguments, instruction.line, instruction.end_line, instruction.heredocs
+    )
 
 
 def _rewrite_flag(keyword: str, flag: Flag, image_of: Callable[[str, str], str]) -> str:

@@ -306,7 +306,9 @@ def _resolve(kind: str, text: str, stage: Stage, stages: list[Stage], path: str,
         # BuildKit looks up a --mount from value by stage name only, so a
         # number there names an image; that is never what the author meant.
         raise DockerfileError(
-            path, line, f"--mount from={text}: BuildKit reads a number here as an image name; use the stage name"
+            path,
+            line,
+            f"--mount from={text}: BuildKit reads a number here as an image name; use the stage name",
         )
 
     lowered = text.lower()
