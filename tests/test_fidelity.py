@@ -126,10 +126,10 @@ def test_farm_image_matches_buildah(farm, tmp_path: Path, name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     farm_files = image_files(farm.registry, farm_tag)
     if "files" in expected:
-        for path, wanted in expected["files"].items():
+        for path, expected_file in expected["files"].items():
             assert path in farm_files, f"{path} missing from the farm's image"
-            assert farm_files[path].content == wanted["content"].encode(), path
-            assert farm_files[path].mode & 0o7777 == int(wanted["mode"], 8), path
+            assert farm_files[path].content == expected_file["content"].encode(), path
+            assert farm_files[path].mode & 0o7777 == int(expected_file["mode"], 8), path
         return
 
     reference_tag = f"{farm.registry_address}/fidelity/buildah:{name}-{uuid.uuid4().hex[:6]}"
