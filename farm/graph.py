@@ -134,7 +134,7 @@ class StageGraphBuilder:
         context: PackedContext,
     ) -> StageSpec:
         stages_image = f"{self.settings.registry}/{self.settings.stages_repository}"
-        rendered = render_stage(graph, stage, lambda index: f"{stages_image}:{keys[index]}")
+        rendered = render_stage(graph, stage, lambda index: f"{stages_image}:{keys[index]}", stages_image)
         return StageSpec(
             id=node,
             index=stage.index,

@@ -56,7 +56,21 @@ def plan_dockerfile(
     stage. Raises DockerfileError with the file and line on a bad file.
     """
     graph = split_stages(read_dockerfile(path), build_args, platform)
-    return plan_graph(graph, target)
+    plan = plan_graph(graph, target)
+    check_renderable(plan)
+    return plan
+
+
+def check_renderable(plan: Plan) -> None:
+    """Render every planned stage once, so that what a worker cannot build is refused now.
+
+    Raises DockerfileError for an instruction the renderer cannot lower,
+    such as a `RUN` heredoc that starts with `#!`.
+    """
+    from .render import render_stage
+
+    for stage in plan.stages:
+        render_stage(plan.graph, stage, lambda index: f"stage-{index}")
 
 
 def plan_graph(graph: StageGraph, target: str | None = None) -> Plan:

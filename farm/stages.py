@@ -1,9 +1,10 @@
 """Split a Dockerfile into stages and find what each stage reads from.
 
 A stage reads from another stage through `FROM <stage>`,
-`COPY --from=<stage>` (or `ADD --from`) and `RUN --mount=...,from=<stage>`.
-A `--from` value names a stage when it is the name (in any case) or the
-index of an earlier stage; any other value is an external image.
+`COPY --from=<stage>` and `RUN --mount=...,from=<stage>`.
+A `--from` value names a stage when it is the name (in any case) or, for
+`COPY`, the index of an earlier stage; any other value is an external
+image. As in BuildKit, variables are not expanded in `--from` values.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .dockerfile import DockerfileSource, Instruction
 from .errors import DockerfileError
+from .flags import leading_flags, mount_fields
 from .substitution import SubstitutionError, substitute
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -68,13 +70,13 @@ class StageGraph:
     global_values: dict[str, str | None]
     stages: list[Stage]
 
-    def stage_for(self, value: str, stage: Stage, line: int) -> int | None:
+    def stage_for(self, kind: str, value: str, stage: Stage, line: int) -> int | None:
         """Return the index of the stage that a `--from` `value` in `stage` names.
 
+        `kind` is `copy` for `COPY --from` and `mount` for `RUN --mount`.
         Returns None when `value` names an external image.
         """
-        expanded = _expand(value, self.global_values, self.path, line)
-        return _resolve(expanded, stage, self.stages, self.path, line)
+        return _resolve(kind, value, stage, self.stages, self.path, line)
 
     def find(self, target: str) -> Stage | None:
         """Return the stage named `target` (any case) or with index `target`."""
@@ -121,7 +123,8 @@ def split_stages(
 
     Raises DockerfileError with the file and line for a Dockerfile without
     `FROM`, an instruction other than `ARG` before the first `FROM`, an
-    empty or malformed base, and a read from an unknown, later or the same stage.
+    empty or malformed base, and a read from an invalid index, a later stage
+    or the same stage.
     """
     build_args = build_args or {}
     path = source.path
@@ -129,24 +132,31 @@ def split_stages(
     values: dict[str, str | None] = dict(platform_args(platform or default_platform()))
     for instruction in global_args:
         for name, default in _arg_declarations(instruction, path):
-            values[name] = build_args.get(name, default)
+            if name in build_args:
+                values[name] = build_args[name]
+            elif default is not None:
+                # A default may use the global ARGs declared before it.
+                values[name] = _expand(default, values, path, instruction.line)
+            else:
+                values[name] = None
 
     stages: list[Stage] = []
     for instruction in body:
         if instruction.keyword == "FROM":
             stages.append(_read_from(instruction, len(stages), stages, values, path))
-            continue
-        stage = stages[-1]
-        stage.instructions.append(instruction)
-        for text in stage_reads(instruction, path):
-            expanded = _expand(text, values, path, instruction.line)
-            index = _resolve(expanded, stage, stages, path, instruction.line)
-            if index is not None:
-                stage.references.append(Reference(index, instruction.keyword, instruction.line))
+        else:
+            stages[-1].instructions.append(instruction)
 
-    graph = StageGraph(path, source, global_args, values, stages)
-    check_later_references(graph)
-    return graph
+    # References are resolved once every stage is known, so that a read
+    # from a later stage is reported as such.
+    for stage in stages:
+        for instruction in stage.instructions:
+            for kind, text in _reads(instruction, path):
+                index = _resolve(kind, text, stage, stages, path, instruction.line)
+                if index is not None:
+                    stage.references.append(Reference(index, instruction.keyword, instruction.line))
+
+    return StageGraph(path, source, global_args, values, stages)
 
 
 def _split_global_args(source: DockerfileSource) -> tuple[list[Instruction], list[Instruction]]:
@@ -219,28 +229,71 @@ def _read_from(
 
 
 def stage_reads(instruction: Instruction, path: str) -> list[str]:
-    """Return the raw `--from` values of `COPY`, `ADD` and `RUN --mount`."""
-    if instruction.keyword in ("COPY", "ADD"):
-        flags, _ = _take_flags(_split_words(instruction, path))
-        return [flags["from"]] if flags.get("from") else []
-    if instruction.keyword == "RUN":
-        reads = []
-        for flag, value in _leading_flags(instruction.arguments):
-            if flag != "mount" or value is None:
-                continue
-            for option in value.split(","):
-                key, _, option_value = option.partition("=")
-                if key.strip() == "from" and option_value:
-                    reads.append(option_value.strip())
-        return reads
-    return []
+    """Return the `--from` values of `COPY --from` and `RUN --mount=...,from=`, as written.
+
+    Raises DockerfileError where BuildKit rejects the value: a variable in
+    it, `ADD --from`, and an unreadable `--mount`.
+    """
+    return [value for _, value in _reads(instruction, path)]
 
 
-def _resolve(text: str, stage: Stage, stages: list[Stage], path: str, line: int) -> int | None:
-    """Return the index of the stage `text` names, or None for an external image."""
-    lowered = text.lower()
-    if lowered.isdigit():
-        index = int(lowered)
+def _reads(instruction: Instruction, path: str) -> list[tuple[str, str]]:
+    """Return `(kind, value)` for each read of another stage or image; kind is `copy` or `mount`."""
+    if instruction.keyword not in ("COPY", "ADD", "RUN"):
+        return []
+    flags = leading_flags(instruction.arguments)
+    if instruction.keyword == "ADD":
+        if flags.value("from") is not None:
+            raise DockerfileError(
+                path, instruction.line, "ADD does not accept --from (BuildKit rejects it); use COPY --from"
+            )
+        return []
+    if instruction.keyword == "COPY":
+        value = flags.value("from")
+        if value is None:
+            return []
+        _reject_variable(value, "COPY --from", path, instruction.line)
+        return [("copy", value)]
+
+    reads = []
+    for mount in flags.values("mount"):
+        try:
+            fields = dict(mount_fields(mount))
+        except ValueError as error:
+            raise DockerfileError(path, instruction.line, f"cannot read --mount: {error}") from None
+        value = fields.get("from")
+        if not value or (fields.get("type") or "bind").lower() == "tmpfs":
+            continue
+        _reject_variable(value, "RUN --mount from", path, instruction.line)
+        reads.append(("mount", value))
+    return reads
+
+
+def _reject_variable(value: str, where: str, path: str, line: int) -> None:
+    # BuildKit (dockerfile frontend 1.x) rejects variables here rather than
+    # expanding them, because it resolves stage references before any ARG
+    # has a value.
+    if re.search(r"\$.", value):
+        raise DockerfileError(
+            path,
+            line,
+            f"{where}={value}: variables are not expanded in {where}; declare the ARG before the "
+            "first FROM, add a stage 'FROM ${NAME} AS alias' and read from that stage",
+        )
+
+
+def _resolve(kind: str, text: str, stage: Stage, stages: list[Stage], path: str, line: int) -> int | None:
+    """Return the index of the stage `text` names, or None for an external image.
+
+    `stages` are all stages of the file, so that a read from a later stage
+    is reported instead of being taken for an image.
+    """
+    if kind == "copy" and re.fullmatch(r"[+-]?[0-9]+", text):
+        index = int(text)
+        if index < 0 or index >= len(stages):
+            raise DockerfileError(
+                path, line, f"--from={text}: invalid stage index; the file has {len(stages)} stages"
+            )
         if index >= stage.index:
             raise DockerfileError(
                 path,
@@ -249,12 +302,29 @@ def _resolve(text: str, stage: Stage, stages: list[Stage], path: str, line: int)
                 f"(this is stage {stage.index})",
             )
         return index
-    if lowered == stage.name:
+    if kind == "mount" and text.isdigit():
+        # BuildKit looks up a --mount from value by stage name only, so a
+        # number there names an image; that is never what the author meant.
+        raise DockerfileError(
+            path,
+            line,
+            f"--mount from={text}: BuildKit reads a number here as an image name; use the stage name",
+        )
+
+    lowered = text.lower()
+    named = _earlier_stage(lowered, stages)
+    if named is None:
+        return None
+    if named == stage.index:
         raise DockerfileError(path, line, f"stage {text!r} reads from itself")
-    earlier = _earlier_stage(lowered, stages[: stage.index])
-    if earlier is not None:
-        return earlier
-    return None
+    if named > stage.index:
+        raise DockerfileError(
+            path,
+            line,
+            f"stage {stage.id!r} reads from stage {lowered!r}, which is defined later "
+            f"(line {stages[named].from_instruction.line}); move it before this stage",
+        )
+    return named
 
 
 def _earlier_stage(name: str, stages: list[Stage]) -> int | None:
@@ -262,32 +332,6 @@ def _earlier_stage(name: str, stages: list[Stage]) -> int | None:
         if stage.name == name:
             return stage.index
     return None
-
-
-def check_later_references(graph: StageGraph) -> None:
-    """Reject `--from` values naming a stage that is only defined later.
-
-    BuildKit would read such a name as an image and try to pull it; it is
-    almost always a mistake, so the farm refuses it.
-    """
-    names = {stage.name: stage.index for stage in graph.stages if stage.name}
-    for stage in graph.stages:
-        for instruction in stage.instructions:
-            for text in stage_reads(instruction, graph.path):
-                lowered = _expand(text, graph.global_values, graph.path, instruction.line).lower()
-                later = names.get(lowered)
-                if later is not None and later > stage.index:
-                    raise DockerfileError(
-                        graph.path,
-                        instruction.line,
-                        f"stage {stage.id!r} reads from stage {lowered!r}, which is defined "
-                        f"later (line {graph.stages[later].from_instruction.line}); "
-                        "move it before this stage",
-                    )
-                if later is not None and later == stage.index:
-                    raise DockerfileError(
-                        graph.path, instruction.line, f"stage {lowered!r} reads from itself"
-                    )
 
 
 def _expand(text: str, values: dict[str, str | None], path: str, line: int) -> str:
@@ -314,17 +358,3 @@ def _take_flags(words: list[str]) -> tuple[dict[str, str | None], list[str]]:
         flags[match.group(1)] = match.group(2)
         position += 1
     return flags, words[position:]
-
-
-def _leading_flags(arguments: str) -> list[tuple[str, str | None]]:
-    """Return the `--flag[=value]` words at the start of `arguments`."""
-    flags = []
-    for word in arguments.split():
-        match = _FLAG.match(word)
-        if not match:
-            break
-        value = match.group(2)
-        if value is not None:
-            value = value.strip("\"'")
-        flags.append((match.group(1), value))
-    return flags

@@ -26,6 +26,7 @@ from .context import PackedContext, pack_context
 from .errors import FarmError
 from .fleet import require_platforms, route_platform
 from .graph import StageGraphBuilder
+from .inline_images import plan_inline_images, push_inline_images
 from .plan import Plan, plan_dockerfile
 from .reference import ImageReference, parse_reference
 from .registry import RegistryClient
@@ -109,6 +110,8 @@ def _plan_stages(
 ) -> tuple[dict[str, StageSpec], dict[str, StageResult]]:
     """Key every stage of every unit, merge equal keys, and find the cached ones."""
     builder = StageGraphBuilder(settings, registry, naming=_Naming(units))
+    for unit in units:
+        push_inline_images(registry, settings.stages_repository, plan_inline_images(unit.plan))
     with tempfile.TemporaryDirectory(prefix="farm-context-") as scratch:
         contexts = _upload_contexts(
             registry, [unit.entry.context.resolve() for unit in units], Path(scratch), settings

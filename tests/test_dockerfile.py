@@ -113,6 +113,12 @@ def test_empty_base_after_substitution(tmp_path: Path) -> None:
 def test_copy_from_index_out_of_range(tmp_path: Path) -> None:
     error = _error(tmp_path, "FROM busybox\nCOPY --from=3 /a /b\n")
     assert error.line == 2
+    assert "invalid stage index" in str(error)
+
+
+def test_copy_from_own_index(tmp_path: Path) -> None:
+    error = _error(tmp_path, "FROM busybox\nFROM busybox\nCOPY --from=1 /a /b\n")
+    assert error.line == 3
     assert "not an earlier stage" in str(error)
 
 
@@ -126,14 +132,13 @@ def test_unknown_target(tmp_path: Path) -> None:
     assert "target stage 'two' not found" in str(error)
 
 
-def test_mount_from_stage_and_build_arg_in_copy_from(tmp_path: Path) -> None:
+def test_mount_from_stage(tmp_path: Path) -> None:
     text = (
-        "ARG SRC=deps\n"
         "FROM busybox AS deps\n"
         "FROM busybox AS other\n"
         "FROM busybox\n"
         "RUN --mount=type=bind,from=other,target=/o true\n"
-        "COPY --from=${SRC} /a /a\n"
+        "COPY --from=deps /a /a\n"
     )
     plan = _plan(tmp_path, text)
     assert plan.needs_ids(plan.target) == ["other", "deps"]
