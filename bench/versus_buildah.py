@@ -1,0 +1,137 @@
+"""One Dockerfile on the farm (one worker) against plain `buildah bud` on the same machine.
+
+Alternates the two for several rounds, each build from scratch for its
+stages (the farm with --no-cache, Buildah without --layers) but with the
+base images already local, and reports the median time of each and
+their ratio. Also runs `buildah bud --jobs 2`, Buildah's own parallel
+stages on one host. Target: farm / buildah <= 1.10.
+
+    python bench/versus_buildah.py [--rounds 3] [--debian]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import local_farm, machine_line, run_farm  # noqa: E402
+
+from farm.base_images import make_debian_image  # noqa: E402
+from farm.registry import RegistryClient  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+_BUSYBOX = """\
+FROM busybox AS fetch
+RUN echo fetched {token} > /fetched
+
+FROM busybox AS compile
+RUN echo compiled {token} > /compiled
+
+FROM busybox
+COPY --from=fetch /fetched /out/fetched
+COPY --from=compile /compiled /out/compiled
+"""
+
+
+def buildah_bud(storage: Path, conf: Path, context: Path, jobs: int | None) -> float:
+    command = [
+        "buildah",
+        "--root",
+        str(storage / "root"),
+        "--runroot",
+        str(storage / "run"),
+        "--storage-driver",
+        "overlay",
+        "bud",
+        "--isolation",
+        "chroot",
+    ]
+    if jobs:
+        command += ["--jobs", str(jobs)]
+    command.append(str(context))
+    started = time.perf_counter()
+    subprocess.run(
+        command, check=True, capture_output=True, env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
+    )
+    return time.perf_counter() - started
+
+
+def compare(name: str, context: Path, rounds: int, state, conf: Path, storage: Path, rewrite) -> tuple:
+    farm_times, bud_times, jobs_times = [], [], []
+    for _ in range(rounds):
+        rewrite()
+        seconds, result = run_farm(state, "build", "--no-cache", str(context))
+        if result.returncode != 0:
+            raise SystemExit(result.stdout + result.stderr)
+        farm_times.append(seconds)
+        rewrite()
+        bud_times.append(buildah_bud(storage, conf, context, None))
+        rewrite()
+        jobs_times.append(buildah_bud(storage, conf, context, 2))
+    farm, bud, jobs = (statistics.median(times) for times in (farm_times, bud_times, jobs_times))
+    return name, farm, bud, jobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default: 3)")
+    parser.add_argument(
+        "--debian", action="store_true", help="also the Debian + gcc example (debootstrap, minutes)"
+    )
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-versus-") as scratch, local_farm(1) as (local, state):
+        storage = Path(scratch) / "buildah"
+        conf = local.registries_conf
+        context = Path(scratch) / "busybox"
+        context.mkdir()
+
+        def rewrite_busybox() -> None:
+            (context / "Dockerfile").write_text(_BUSYBOX.format(token=uuid.uuid4().hex[:8]))
+
+        rows.append(compare("3-stage busybox", context, args.rounds, state, conf, storage, rewrite_busybox))
+        if args.debian:
+            with RegistryClient(state.registry, insecure=True) as registry:
+                make_debian_image(registry, local.directory / "base-images")
+            rows.append(
+                compare("debian + gcc", EXAMPLES / "hello-c", args.rounds, state, conf, storage, lambda: None)
+            )
+        subprocess.run(
+            [
+                "buildah",
+                "--root",
+                str(storage / "root"),
+                "--runroot",
+                str(storage / "run"),
+                "rmi",
+                "--all",
+                "--force",
+            ],
+            capture_output=True,
+            check=False,
+        )
+
+    print(machine_line())
+    print(
+        "one farm worker (overlay, chroot) against buildah bud on the same machine; medians of alternated rounds"
+    )
+    print(f"{'dockerfile':<16} {'farm s':>7} {'bud s':>7} {'bud --jobs 2 s':>15} {'farm/bud':>9}")
+    for name, farm, bud, jobs in rows:
+        print(f"{name:<16} {farm:>7.2f} {bud:>7.2f} {jobs:>15.2f} {farm / bud:>9.2f}")
+    print("target: farm/bud <= 1.10; the farm's time includes the farm command's own start-up and the pushes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
