@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="print the host probe, the choice and the rejected candidates, then exit without starting",
     )
     parser.add_argument("--json", action="store_true", help="with --probe: print JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with --probe: select for a host profile recorded with --probe --json (its `profile` "
+        "object) instead of probing this host",
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="stages built at once (default: 1)")
     parser.add_argument("--log-level", default=None, help="log level (default: FARM_LOG_LEVEL or INFO)")
     return parser.parse_args(argv)
@@ -129,9 +135,12 @@ def probe_and_select(args: argparse.Namespace, root: Path) -> tuple[HostProfile,
 
 
 def _print_probe(args: argparse.Namespace) -> int:
-    _, root = worker_identity(args.name, args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    profile = probe_host(root / "probe")
+    if args.profile:
+        profile = _load_profile(args.profile)
+    else:
+        _, root = worker_identity(args.name, args.root)
+        root.mkdir(parents=True, exist_ok=True)
+        profile = probe_host(root / "probe")
     try:
         selection = select_candidates(profile, args.mode, args.storage_driver, args.overlay_mount)
         error = None
@@ -233,6 +242,14 @@ def worker_profile(
         "concurrency": args.concurrency,
         "pid": os.getpid(),
     }
+
+
+def _load_profile(path: Path) -> HostProfile:
+    try:
+        data = json.loads(path.read_text())
+        return HostProfile.from_json(data.get("profile", data))
+    except (OSError, ValueError, TypeError) as error:
+        raise FarmError(f"cannot read the host profile {path}: {error}") from None
 
 
 def _proof_base_image(registry: RegistryClient, settings: Settings) -> str:

@@ -359,7 +359,8 @@ def _run(command: list[str], cwd: Path | None = None) -> _Result:
 def _user_name() -> str:
     try:
         return getpass.getuser()
-    except (KeyError, OSError):
+    except (KeyError, OSError, ImportError):
+        # Windows has no pwd module when USERNAME is unset.
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 

@@ -150,6 +150,11 @@ def mode_unavailable(profile: HostProfile, mode: str) -> str | None:
     if mode == "native-chroot":
         if profile.is_root:
             return None
+        if not profile.container.ok:
+            return (
+                f"needs root outside a container and runs as user {profile.user} (uid {profile.uid}); "
+                "run farm-worker as root, or use native-rootless"
+            )
         # Buildah run by another user enters a user namespace even for chroot isolation.
         return _user_namespace_problem(profile)
 
