@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +78,78 @@ def debian_image(farm: FarmHandle) -> str:
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed")
     return make_debian_image(farm.registry, farm.directory / "base-images")
+
+
+@dataclass
+class BuildUser:
+    """A non-root user made for the test session, with subordinate id ranges."""
+
+    name: str
+    uid: int
+    home: Path
+
+    def owned_directory(self, prefix: str) -> Path:
+        """Return a new directory below /tmp owned by this user (pytest's tmp_path is root-only)."""
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chown(directory, self.uid, self.uid)
+        return directory
+
+
+@pytest.fixture(scope="session")
+def build_user() -> Iterator[BuildUser]:
+    """Create the user `farm-build-test` with subuid/subgid ranges; remove it afterwards.
+
+    The directories above this Python and the worktree that the user
+    cannot enter get o+x for the session and their modes back afterwards.
+    """
+    import pwd
+
+    if os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("runuser") is None:
+        pytest.skip("needs root, useradd and runuser")
+    name = "farm-build-test"
+    subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    ranges = "400000-465535"
+    subprocess.run(["usermod", "--add-subuids", ranges, "--add-subgids", ranges, name], check=True)
+    changed = _open_parents([Path(sys.executable).resolve(), Path(sys.executable), Path(__file__).resolve()])
+    try:
+        entry = pwd.getpwnam(name)
+        yield BuildUser(name, entry.pw_uid, Path(entry.pw_dir))
+    finally:
+        for path, mode in reversed(changed):
+            path.chmod(mode)
+        subprocess.run(["usermod", "--del-subuids", ranges, "--del-subgids", ranges, name], check=False)
+        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+        # Rootless Buildah keeps its run directories here when XDG_RUNTIME_DIR is unset.
+        for leftover in (f"/tmp/containers-user-{entry.pw_uid}", f"/tmp/podman-run-{entry.pw_uid}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _open_parents(paths: list[Path]) -> list[tuple[Path, int]]:
+    """Give o+x to each parent directory of `paths` that lacks it; return the old modes."""
+    import stat
+
+    changed = []
+    for path in paths:
+        for parent in reversed(path.parents):
+            mode = stat.S_IMODE(parent.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                parent.chmod(mode | stat.S_IXOTH)
+                changed.append((parent, mode))
+    return changed
+
+
+@pytest.fixture
+def fuse_device_open() -> Iterator[None]:
+    """Make /dev/fuse openable by every user (mode 0666) and restore its mode afterwards."""
+    import stat
+
+    device = Path("/dev/fuse")
+    if not device.exists():
+        pytest.skip("/dev/fuse does not exist")
+    mode = stat.S_IMODE(device.stat().st_mode)
+    device.chmod(0o666)
+    try:
+        yield
+    finally:
+        device.chmod(mode)

@@ -105,6 +105,10 @@ def select_candidates(
     _check_value("FARM_BUILDAH_STORAGE_DRIVER", driver, DRIVERS)
     _check_value("FARM_BUILDAH_OVERLAY_MOUNT", overlay_mount, OVERLAY_MOUNTS)
 
+    if overlay_mount != "auto" and driver == "auto":
+        # Asking for a way to mount overlay asks for the overlay driver.
+        driver = "overlay"
+
     rejected: list[Rejection] = []
     modes = []
     for name in _mode_order(profile) if mode == "auto" else [mode]:
