@@ -153,3 +153,90 @@ def fuse_device_open() -> Iterator[None]:
         yield
     finally:
         device.chmod(mode)
+
+
+@dataclass
+class DockerDaemon:
+    """A dockerd started for the test session, with its own data root and socket."""
+
+    host: str
+    directory: Path
+
+    def docker(self, *arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["docker", "-H", self.host, *arguments],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(farm: FarmHandle) -> Iterator[DockerDaemon]:
+    """Start Debian's dockerd without iptables or a bridge; stop it and remove its files afterwards.
+
+    Containers need `--network host` to reach the farm's registry on 127.0.0.1.
+    """
+    import signal
+    import time
+
+    if shutil.which("dockerd") is None or shutil.which("docker") is None:
+        pytest.skip("dockerd is not installed (Debian's docker.io package)")
+    # A short path: the socket path must fit in 108 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="farm-dockerd-", dir="/tmp"))
+    socket_path = directory / "docker.sock"
+    command = [
+        "dockerd",
+        "--iptables=false",
+        "--bridge=none",
+        "--data-root",
+        str(directory / "data"),
+        "--exec-root",
+        str(directory / "exec"),
+        "--pidfile",
+        str(directory / "docker.pid"),
+        "-H",
+        f"unix://{socket_path}",
+        "--insecure-registry",
+        farm.registry_address,
+    ]
+    with open(directory / "dockerd.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = DockerDaemon(f"unix://{socket_path}", directory)
+    try:
+        deadline = time.monotonic() + 60
+        while daemon.docker("version", timeout=10).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not start:\n{(directory / 'dockerd.log').read_text()}")
+            time.sleep(0.5)
+        yield daemon
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        _unmount_below(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _unmount_below(directory: Path) -> None:
+    """Unmount what dockerd left below `directory` (its default network namespace), deepest first."""
+    prefix = str(directory) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def runner_image(farm: FarmHandle, debian_image: str) -> str:
+    """Build the docker-with-fuse runner image with the farm itself (apt-get inside, about a minute)."""
+    tag = f"{farm.registry_address}/farm/runner:latest"
+    runner = Path(__file__).parent.parent / "workers" / "runner"
+    result = farm.cli("build", "-t", tag, str(runner))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tag

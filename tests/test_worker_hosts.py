@@ -218,3 +218,34 @@ def test_rootless_fuse_without_device_fails(farm, build_user, tmp_path: Path) ->
     assert result.returncode == 1
     assert f"/dev/fuse cannot be opened by user {build_user.name}: Permission denied" in result.stderr
     assert "add --device /dev/fuse" in result.stderr
+
+
+@pytest.mark.slow
+def test_docker_with_fuse_worker_builds(farm, docker_daemon, runner_image, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        **farm.env,
+        "FARM_REDIS_URL": _redis_url(farm, 5),
+        "FARM_BUILDAH_MODE": "docker-with-fuse",
+        "FARM_RUNNER_IMAGE": runner_image,
+        "DOCKER_HOST": docker_daemon.host,
+        "FARM_LOG_LEVEL": "INFO",
+    }
+    worker = start_worker("docker", tmp_path / "worker", env, tmp_path / "worker.log")
+    try:
+        (profile,) = _fleet(farm, 5)
+        assert profile["mode"] == "docker-with-fuse"
+        assert profile["isolation"] == "chroot"
+
+        tag = _build_through(farm, 5, worker.worker_id, "docker-with-fuse", tmp_path)
+        files = image_files(farm.registry, tag)
+        assert files["/built-by"].content == b"docker-with-fuse\n"
+    finally:
+        worker.stop()
+        docker_daemon.docker("volume", "rm", "--force", f"farm-worker-{worker.worker_id}")
+    output = worker.output()
+    assert '"worker stopped"' in output
+    # This machine lacks a capability that --privileged grants; elsewhere it is accepted.
+    if "--privileged rejected" in output:
+        assert "using explicit capabilities instead" in output
+    assert docker_daemon.docker("ps", "--all", "--quiet").stdout.strip() == ""

@@ -186,5 +186,9 @@ def _docker(command: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    """Return Docker's error line (`docker: Error response ...`), else the last line of `text`."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    if errors:
+        return errors[-1]
     return lines[-1] if lines else "(no output)"
