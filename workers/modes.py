@@ -3,10 +3,10 @@
 `native-chroot` and `native-rootless` run `buildah` directly as the
 worker's own user, with storage below the worker's root. `docker-with-fuse`
 runs every Buildah command in a fresh container of the runner image
-(`workers/runner/Dockerfile`, built by the farm itself) with `/dev/fuse`;
-its storage is a Docker volume per worker and driver, so layers survive
-between stages, and the context, the stage Dockerfile and the
-registries.conf reach the container through bind mounts at the same paths.
+(`workers/runner/Dockerfile`, built by the farm itself) with `/dev/fuse`.
+Its storage is a Docker volume per worker, so layers survive between
+stages. The context, the stage Dockerfile and the registries.conf reach
+the container through bind mounts at the same paths.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ log = structlog.get_logger(__name__)
 _CONTAINER_STORAGE = PurePosixPath("/var/lib/farm-storage")
 _CONTAINER_RUN = PurePosixPath("/run/farm-storage")
 
-# Where `--privileged` is refused (the host lacks a capability Docker
-# grants with it), these flags give Buildah what it needs: every
-# capability the host has, no seccomp or AppArmor filter, and /dev/fuse.
+# Flags for hosts that reject `--privileged` because they lack a
+# capability Docker grants with it. They give Buildah every capability
+# the host has, no seccomp or AppArmor filter, and /dev/fuse.
 PRIVILEGED_FLAGS = ["--privileged", "--device", "/dev/fuse"]
 EXPLICIT_CAPABILITY_FLAGS = [
     "--cap-add",
@@ -72,7 +72,7 @@ class DockerLauncher:
         """Pull the runner image and find the security flags this Docker host accepts.
 
         `--privileged` is tried first; where the host refuses it, the
-        explicit capability flags are used instead and a warning says so.
+        explicit capability flags are used instead and a warning is logged.
         """
         pulled = _docker(self.docker + ["pull", "--quiet", self.image], timeout=600)
         if pulled.returncode != 0:

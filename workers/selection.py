@@ -1,7 +1,7 @@
 """Choose a Buildah mode and storage driver from a host profile.
 
 `select_candidates` is a pure function of a `HostProfile` and the
-requested mode, driver and overlay mount: it returns the candidates in
+requested mode, driver and overlay mount. It returns the candidates in
 the order they should be tried, and every candidate the probe ruled out
 with the probe result that ruled it out. The worker then proves the
 first candidate with a real build and moves on to the next when that
