@@ -195,17 +195,39 @@ def _run_workers(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table("id", "mode", "driver", "platforms", "load", "disk free")
+    table = Table(
+        "id",
+        "host",
+        "os/arch",
+        "kernel",
+        "mode",
+        "driver",
+        "runtime",
+        "buildah",
+        "platforms",
+        "jobs",
+        "load",
+        "disk free",
+    )
     for worker in workers:
         table.add_row(
             worker.get("id", "?"),
+            worker.get("host", "?"),
+            f"{worker.get('os', '?')}/{worker.get('arch', '?')}",
+            worker.get("kernel", "?"),
             worker.get("mode", "?"),
             worker.get("driver", "?"),
+            worker.get("runtime") or f"none ({worker.get('isolation', '?')})",
+            worker.get("buildah") or "?",
             ",".join(worker.get("platforms", [])),
+            str(worker.get("concurrency", "?")),
             f"{worker.get('load', 0):.2f}",
             f"{worker.get('disk_free', 0) / 2**30:.1f} GiB",
         )
-    Console().print(table)
+    if not workers:
+        print("no live workers")
+        return 0
+    Console(width=200).print(table)
     return 0
 
 

@@ -91,6 +91,8 @@ class LocalFarm:
             self._save(state)
             _wait_for_redis(state.redis_url)
             _wait_for_registry(state.registry)
+            # Workers prove their Buildah mode with a build FROM this base before they start.
+            _push_busybox(state.registry, self.directory / "base-images")
             for number in range(1, workers + 1):
                 state.services.append(self.start_worker(state, f"w{number}"))
                 self._save(state)
@@ -303,6 +305,14 @@ def _wait_for_registry(address: str) -> None:
                 if time.monotonic() > deadline:
                     raise FarmError(f"the registry did not start at {address}") from None
                 time.sleep(0.1)
+
+
+def _push_busybox(address: str, workdir: Path) -> None:
+    from .base_images import make_busybox_image
+    from .registry import RegistryClient
+
+    with RegistryClient(address, insecure=True) as client:
+        make_busybox_image(client, workdir)
 
 
 def _free_port() -> int:

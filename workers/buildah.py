@@ -1,8 +1,10 @@
 """Run Buildah with a worker's own storage and explicit isolation.
 
 Every invocation passes the storage root, run root and driver as global
-flags (before the verb), and the isolation explicitly, so that the host's
-defaults never decide how a stage is built.
+flags (before the verb), and every build passes the isolation, OCI
+runtime and network explicitly, so that the host's defaults never decide
+how a stage is built. A launcher (see workers/modes.py) may wrap each
+command, for example in `docker run`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import subprocess
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Protocol
 
 import structlog
 
@@ -27,8 +30,8 @@ _OUTPUT_LINES_KEPT = 400
 class Storage:
     """Where a worker's images live and which storage driver manages them."""
 
-    root: Path
-    run_root: Path
+    root: PurePath
+    run_root: PurePath
     driver: str
     mount_program: str | None = None
 
@@ -69,13 +72,33 @@ class BuildahError(Exception):
     """A Buildah command other than the build itself failed."""
 
 
-class Buildah:
-    """Buildah commands bound to one storage configuration and isolation."""
+class Launcher(Protocol):
+    """Turns a Buildah command line into the command that runs it somewhere else."""
 
-    def __init__(self, storage: Storage, registries_conf: Path, isolation: str = "chroot") -> None:
+    def wrap(self, command: list[str], env: dict[str, str]) -> list[str]: ...
+
+
+class Buildah:
+    """Buildah commands bound to one storage configuration, isolation, runtime and network.
+
+    `runtime` is None for chroot isolation, which runs no OCI runtime.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        registries_conf: Path,
+        isolation: str = "chroot",
+        runtime: str | None = None,
+        network: str = "host",
+        launcher: Launcher | None = None,
+    ) -> None:
         self.storage = storage
         self.registries_conf = registries_conf
         self.isolation = isolation
+        self.runtime = runtime
+        self.network = network
+        self.launcher = launcher
 
     def build(
         self,
@@ -93,7 +116,7 @@ class Buildah:
         there before it runs and pushed there after, so any worker can
         reuse the steps another one built.
         """
-        command = [*self._base(), "bud", "--isolation", self.isolation, "-f", str(dockerfile), "-t", image]
+        command = [*self._base(), "bud", *self.isolation_flags(), "-f", str(dockerfile), "-t", image]
         if platform:
             command += ["--platform", platform]
         if layer_cache:
@@ -103,6 +126,13 @@ class Buildah:
         command.append(str(context))
         return self._stream(command, on_line)
 
+    def isolation_flags(self) -> list[str]:
+        """Return the isolation, runtime and network flags of `bud` and `run`."""
+        flags = ["--isolation", self.isolation]
+        if self.runtime:
+            flags += ["--runtime", self.runtime]
+        return [*flags, "--network", self.network]
+
     def push(self, image: str, digest_file: Path) -> str:
         """Push `image` to its registry and return the manifest digest."""
         self.run("push", "--digestfile", str(digest_file), image, f"docker://{image}")
@@ -110,7 +140,7 @@ class Buildah:
 
     def run(self, *arguments: str, timeout: float = 600) -> str:
         """Run one Buildah verb and return its standard output; raise BuildahError on failure."""
-        command = [*self._base(), *arguments]
+        command = self._wrap([*self._base(), *arguments])
         completed = subprocess.run(
             command, capture_output=True, text=True, env=self._env(), timeout=timeout, check=False
         )
@@ -130,14 +160,22 @@ class Buildah:
     def _base(self) -> list[str]:
         return ["buildah", *self.storage.global_flags()]
 
+    def _buildah_env(self) -> dict[str, str]:
+        return {"CONTAINERS_REGISTRIES_CONF": str(self.registries_conf)}
+
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf)}
+        if self.launcher:
+            return dict(os.environ)
+        return {**os.environ, **self._buildah_env()}
+
+    def _wrap(self, command: list[str]) -> list[str]:
+        return self.launcher.wrap(command, self._buildah_env()) if self.launcher else command
 
     def _stream(self, command: list[str], on_line: Callable[[str], None] | None) -> BuildOutput:
         output = BuildOutput(returncode=-1)
         kept: deque[str] = deque(maxlen=_OUTPUT_LINES_KEPT)
         process = subprocess.Popen(
-            command,
+            self._wrap(command),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

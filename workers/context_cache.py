@@ -6,7 +6,6 @@ any build that use the same context digest reuse the unpacked copy.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +37,7 @@ class ContextCache:
         # same context at once; the rename makes a half-unpacked folder
         # impossible to see.
         with open(self.directory / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            _lock_exclusive(lock)
             if target.is_dir():
                 return target
             scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.directory))
@@ -59,3 +58,15 @@ class ContextCache:
         path = self.directory / "empty"
         path.mkdir(exist_ok=True)
         return path
+
+
+def _lock_exclusive(lock_file) -> None:
+    """Lock `lock_file` until it is closed; fcntl exists only on POSIX, msvcrt only on Windows."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        msvcrt.locking(lock_file.fileno(), msvcrt.LK_LOCK, 1)
+        return
+    fcntl.flock(lock_file, fcntl.LOCK_EX)

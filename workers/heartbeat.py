@@ -22,8 +22,18 @@ EXPIRY_SECONDS = 15
 class Heartbeat:
     """Publishes `profile` under `farm:worker:<id>` every few seconds, from a thread."""
 
-    def __init__(self, client: redis.Redis, worker_id: str, profile: dict, disk_path: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        profile: dict,
+        disk_path: str,
+        interval: float = INTERVAL_SECONDS,
+        expiry: int = EXPIRY_SECONDS,
+    ) -> None:
         self.client = client
+        self.interval = interval
+        self.expiry = expiry
         self.worker_id = worker_id
         self.profile = profile
         self.disk_path = disk_path
@@ -45,14 +55,15 @@ class Heartbeat:
         profile = {
             **self.profile,
             "heartbeat": time.time(),
+            # psutil emulates the load average on Windows.
             "load": psutil.getloadavg()[0],
             "disk_free": psutil.disk_usage(self.disk_path).free,
         }
-        self.client.set(keys.worker(self.worker_id), json.dumps(profile), ex=EXPIRY_SECONDS)
+        self.client.set(keys.worker(self.worker_id), json.dumps(profile), ex=self.expiry)
 
     def _loop(self) -> None:
         failures = 0
-        while not self._stop.wait(INTERVAL_SECONDS):
+        while not self._stop.wait(self.interval):
             try:
                 self.beat()
                 if failures:

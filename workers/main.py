@@ -1,14 +1,17 @@
-"""`farm-worker`: start a Celery worker that builds stages with Buildah.
+"""`farm-worker`: probe the host, prove a Buildah mode, then serve stage builds.
 
-The worker builds as root with chroot isolation, on the overlay driver
-when a test mount works and on vfs otherwise.
+At start the worker probes its host (workers/probe.py), orders the Buildah
+modes and storage drivers that can work there (workers/selection.py), and
+proves the first with a small real build (workers/proof.py), falling back
+to the next candidate when it fails. Only then does the Celery worker
+start, so a worker that cannot build consumes nothing from the queue.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform as _platform
 import secrets
 import socket
 import sys
@@ -23,18 +26,24 @@ from farm.connections import connect_redis, connect_registry
 from farm.errors import FarmError
 from farm.log import configure_logging
 from farm.registries_conf import registries_conf
+from farm.registry import RegistryClient
 from farm.stages import default_platform
 
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .modes import make_buildah
 from .platforms import emulated_platforms
+from .probe import HostProfile, probe_host
+from .proof import choose
+from .report import format_probe, probe_json
+from .selection import Candidate, Selection, SelectionError, select_candidates
 from .stage_runner import StageRunner
-from .storage import choose_storage
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_ROOT = Path("/var/lib/farm-worker")
+BUSYBOX_REPOSITORY = "library/busybox"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,13 +57,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--root",
         type=Path,
         default=None,
-        help=f"directory for storage, contexts and work files (default: {DEFAULT_ROOT}/NAME)",
+        help=f"directory for storage, contexts and work files (default: {DEFAULT_ROOT}/NAME for root, "
+        "~/.local/share/farm-worker/NAME for other users)",
+    )
+    parser.add_argument(
+        "--mode",
+        default=os.environ.get("FARM_BUILDAH_MODE", "auto"),
+        help="auto, native-chroot, native-rootless or docker-with-fuse (default: FARM_BUILDAH_MODE or auto)",
     )
     parser.add_argument(
         "--storage-driver",
-        choices=["auto", "overlay", "vfs"],
         default=os.environ.get("FARM_BUILDAH_STORAGE_DRIVER", "auto"),
-        help="storage driver (default: auto, overlay when a test mount works, else vfs)",
+        help="auto, overlay or vfs (default: FARM_BUILDAH_STORAGE_DRIVER or auto)",
+    )
+    parser.add_argument(
+        "--overlay-mount",
+        default=os.environ.get("FARM_BUILDAH_OVERLAY_MOUNT", "auto"),
+        help="how overlay mounts: auto, kernel or fuse-overlayfs (default: FARM_BUILDAH_OVERLAY_MOUNT or auto)",
+    )
+    parser.add_argument(
+        "--runner-image",
+        default=os.environ.get("FARM_RUNNER_IMAGE"),
+        help="Buildah image of docker-with-fuse mode (default: FARM_RUNNER_IMAGE or REGISTRY/NAMESPACE/runner:latest)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="print the host probe, the choice and the rejected candidates, then exit without starting",
+    )
+    parser.add_argument("--json", action="store_true", help="with --probe: print JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with --probe: select for a host profile recorded with --probe --json (its `profile` "
+        "object) instead of probing this host",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="stages built at once (default: 1)")
     parser.add_argument("--log-level", default=None, help="log level (default: FARM_LOG_LEVEL or INFO)")
@@ -64,10 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
     """Return the worker id and root; a generated name is kept in the root so the id is stable."""
     host = socket.gethostname()
+    default_root = _default_root()
     if name:
-        root = root or DEFAULT_ROOT / name
+        root = root or default_root / name
         return f"{host}-{name}", root
-    root = root or DEFAULT_ROOT / "default"
+    root = root or default_root / "default"
     root.mkdir(parents=True, exist_ok=True)
     name_file = root / "worker-name"
     if not name_file.exists():
@@ -80,36 +117,75 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     settings = Settings.from_env()
     try:
+        if args.probe:
+            return _print_probe(args)
         return _run(args, settings)
     except FarmError as error:
         print(f"farm-worker: {error}", file=sys.stderr)
         return 1
-    except RuntimeError as error:
-        print(f"farm-worker: {error}", file=sys.stderr)
-        return 1
+
+
+def probe_and_select(args: argparse.Namespace, root: Path) -> tuple[HostProfile, Selection]:
+    """Probe this host and order the candidates; SelectionError for an impossible request."""
+    profile = probe_host(root / "probe")
+    log.info("host probed", profile=profile.to_json())
+    selection = select_candidates(profile, args.mode, args.storage_driver, args.overlay_mount)
+    for rejection in selection.rejected:
+        log.info("candidate rejected by the probe", candidate=rejection.candidate, reason=rejection.reason)
+    return profile, selection
+
+
+def _print_probe(args: argparse.Namespace) -> int:
+    if args.profile:
+        profile = _load_profile(args.profile)
+    else:
+        _, root = worker_identity(args.name, args.root)
+        root.mkdir(parents=True, exist_ok=True)
+        profile = probe_host(root / "probe")
+    try:
+        selection = select_candidates(profile, args.mode, args.storage_driver, args.overlay_mount)
+        error = None
+    except SelectionError as raised:
+        selection, error = None, str(raised)
+    if args.json:
+        print(json.dumps(probe_json(profile, selection, error), indent=2))
+    else:
+        print(format_probe(profile, selection, error))
+    return 0 if selection and selection.candidates else 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     worker_id, root = worker_identity(args.name, args.root)
     root.mkdir(parents=True, exist_ok=True)
+    profile, selection = probe_and_select(args, root)
+
     redis_client = connect_redis(settings)
     registry = connect_registry(settings)
-
+    base_image = _proof_base_image(registry, settings)
     conf = root / "registries.conf"
     conf.write_text(registries_conf(settings.registry, settings.registry_insecure, settings.mirror_docker_io))
-    storage = choose_storage(root, conf, args.storage_driver)
-    buildah = Buildah(storage, conf, isolation="chroot")
-    buildah.remove_containers()
+    work_dir = root / "work"
+    work_dir.mkdir(exist_ok=True)
+    contexts = ContextCache(root / "contexts", registry, settings.contexts_repository)
+    runner_image = args.runner_image or f"{settings.registry}/{settings.namespace}/runner:latest"
+
+    def make(candidate: Candidate) -> Buildah:
+        mounts = [(contexts.directory, False), (work_dir, True)]
+        return make_buildah(candidate, worker_id, root, conf, ["docker"], runner_image, mounts)
+
+    chosen = choose(selection, make, work_dir, base_image)
+    if chosen is None:
+        reasons = "\n".join(f"  {r.candidate}: {r.reason}" for r in selection.rejected)
+        raise FarmError(f"no Buildah mode works on this host; the candidates and why each failed:\n{reasons}")
+    candidate, buildah = chosen
 
     platform = default_platform()
     app = create_app(settings)
-    work_dir = root / "work"
-    work_dir.mkdir(exist_ok=True)
     runner = StageRunner(
         worker_id=worker_id,
         store=BuildStore(redis_client),
         buildah=buildah,
-        contexts=ContextCache(root / "contexts", registry, settings.contexts_repository),
+        contexts=contexts,
         registry=registry,
         stages_repository=settings.stages_repository,
         app=app,
@@ -124,24 +200,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     def build_stage(build_id: str, stage_id: str) -> None:
         runner.run(build_id, stage_id)
 
-    profile = {
-        "id": worker_id,
-        "host": socket.gethostname(),
-        "os": _platform.system().lower(),
-        "arch": _platform.machine(),
-        "kernel": _platform.release(),
-        "mode": "native-chroot",
-        "driver": storage.driver,
-        "isolation": "chroot",
-        "platforms": [platform, *emulated],
-        "emulated": emulated,
-        "concurrency": args.concurrency,
-        "pid": os.getpid(),
-    }
-    heartbeat = Heartbeat(redis_client, worker_id, profile, str(root))
+    heartbeat = Heartbeat(
+        redis_client,
+        worker_id,
+        worker_profile(worker_id, profile, candidate, platform, emulated, args),
+        str(root),
+    )
     heartbeat.start()
     log.info(
-        "worker starting", worker=worker_id, root=str(root), driver=storage.driver, queue=queue_for(platform)
+        "worker starting",
+        worker=worker_id,
+        root=str(root),
+        candidate=candidate.label,
+        queues=queues,
     )
     try:
         app.Worker(
@@ -158,6 +229,58 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         buildah.remove_containers()
         log.info("worker stopped", worker=worker_id)
     return 0
+
+
+def worker_profile(
+    worker_id: str,
+    profile: HostProfile,
+    candidate: Candidate,
+    platform: str,
+    emulated: list[str],
+    args: argparse.Namespace,
+) -> dict:
+    """Return what the heartbeat publishes about this worker (load and free disk are added per beat)."""
+    return {
+        "id": worker_id,
+        "host": socket.gethostname(),
+        "os": profile.os,
+        "arch": profile.arch,
+        "kernel": profile.kernel,
+        "user": profile.user,
+        "mode": candidate.mode,
+        "driver": candidate.driver_label,
+        "isolation": candidate.isolation,
+        "runtime": candidate.runtime,
+        "network": candidate.network,
+        "buildah": profile.buildah_version,
+        "platforms": [platform, *emulated],
+        "emulated": emulated,
+        "concurrency": args.concurrency,
+        "pid": os.getpid(),
+    }
+
+
+def _load_profile(path: Path) -> HostProfile:
+    try:
+        data = json.loads(path.read_text())
+        return HostProfile.from_json(data.get("profile", data))
+    except (OSError, ValueError, TypeError) as error:
+        raise FarmError(f"cannot read the host profile {path}: {error}") from None
+
+
+def _proof_base_image(registry: RegistryClient, settings: Settings) -> str:
+    if registry.get_manifest(BUSYBOX_REPOSITORY, "latest") is None:
+        raise FarmError(
+            f"the proof build needs {settings.registry}/{BUSYBOX_REPOSITORY}:latest, which is not in "
+            "the registry; push it with: farm base-images"
+        )
+    return f"{settings.registry}/{BUSYBOX_REPOSITORY}:latest"
+
+
+def _default_root() -> Path:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return DEFAULT_ROOT
+    return Path.home() / ".local" / "share" / "farm-worker"
 
 
 if __name__ == "__main__":
