@@ -28,6 +28,11 @@ def queue_for(platform: str, native: bool = False) -> str:
     return queue + ".native" if native else queue
 
 
+def worker_queue(worker_id: str) -> str:
+    """Return the queue that only worker `worker_id` serves, for stages sent to it by locality."""
+    return f"farm.worker.{worker_id}"
+
+
 def create_app(settings: Settings) -> Celery:
     """Create the Celery app for the farm's Redis."""
     app = Celery("farm", broker=settings.redis_url, set_as_current=False)

@@ -8,6 +8,7 @@
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
+| `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     namespace: str = DEFAULT_NAMESPACE
     mirror_docker_io: bool = False
     layer_cache: bool = True
+    locality: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -47,6 +49,7 @@ class Settings:
             namespace=env.get("FARM_NAMESPACE", DEFAULT_NAMESPACE).strip("/"),
             mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
             layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
+            locality=_flag(env.get("FARM_LOCALITY"), True),
         )
 
     @property

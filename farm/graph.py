@@ -150,6 +150,7 @@ class StageGraphBuilder:
             source_path=graph.path,
             from_line=stage.from_instruction.line,
             stage=stage.id,
+            parent=nodes[stage.base_stage] if stage.base_stage is not None else None,
         )
 
     def _base_digest(self, stage: Stage, graph: StageGraph) -> str | None:

@@ -15,6 +15,7 @@ class StageSpec:
     single-stage file; `image` is the registry reference the result is
     pushed to; `step_lines` maps each build step (FROM first) to its line
     in the user's Dockerfile. `descendants` are cancelled when it fails.
+    `parent` is the stage it starts `FROM`, when that is a stage.
     """
 
     id: str
@@ -33,6 +34,7 @@ class StageSpec:
     stage: str = ""
     descendants: list[str] = field(default_factory=list)
     is_target: bool = False
+    parent: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

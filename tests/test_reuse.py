@@ -187,3 +187,18 @@ def _run_farm(env: dict[str, str], *arguments: str) -> subprocess.CompletedProce
 
     command = [str(Path(sys.executable).with_name("farm")), *arguments]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+
+
+def test_chain_stays_on_one_worker(farm, tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:8]
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM busybox AS one\nRUN echo {token} > /one\n\n"
+        "FROM one AS two\nRUN echo two > /two\n\n"
+        "FROM two AS three\nRUN echo three > /three\n\n"
+        "FROM three\nRUN cat /one /two /three > /all\n"
+    )
+
+    outcome = _build_json(farm, str(tmp_path))
+
+    workers = {stage["id"]: stage["worker"] for stage in outcome["entries"][0]["stages"]}
+    assert len(set(workers.values())) == 1, workers

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from farm.build_store import BuildStore
-from farm.celery_app import BUILD_STAGE_TASK, create_app, queue_for
+from farm.celery_app import BUILD_STAGE_TASK, create_app, queue_for, worker_queue
 from farm.config import Settings
 from farm.connections import connect_redis, connect_registry
 from farm.errors import FarmError
@@ -192,9 +192,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         work_dir=work_dir,
         native_platform=platform,
         layer_cache=settings.layer_cache_repository,
+        platforms=[platform, *emulated_platforms(platform)],
+        locality=settings.locality,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
+    queues.append(worker_queue(worker_id))
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
     def build_stage(build_id: str, stage_id: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -25,7 +25,7 @@ from celery import Celery
 
 from farm import redis_keys as keys
 from farm.build_store import BuildStore, StartDecision
-from farm.celery_app import send_stage
+from farm.celery_app import send_stage, worker_queue
 from farm.errors import FarmError
 from farm.fleet import route_platform
 from farm.registry import RegistryClient
@@ -56,6 +56,8 @@ class StageRunner:
     work_dir: Path
     native_platform: str
     layer_cache: str | None = None
+    platforms: list[str] = field(default_factory=list)
+    locality: bool = True
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -164,6 +166,17 @@ class StageRunner:
             return
         specs = self.store.specs(build_id)
         for stage_id in released:
-            queue = route_platform(self.store.redis, specs[stage_id].platform)
-            send_stage(self.app, build_id, stage_id, queue)
+            send_stage(self.app, build_id, stage_id, self._queue_for(specs[stage_id], spec))
         log.info("stages released", build_id=build_id, stage=spec.id, released=released)
+
+    def _queue_for(self, dependant: StageSpec, finished: StageSpec) -> str:
+        """Return the queue of a released stage: this worker's own when it starts FROM the stage just built here.
+
+        This worker is free as soon as the current task returns, and it has
+        the parent's layers in its storage, so nothing is pulled.
+        NOTE: a stage sent to a worker's own queue waits there if that
+        worker stops before it takes the stage.
+        """
+        if self.locality and dependant.parent == finished.id and dependant.platform in self.platforms:
+            return worker_queue(self.worker_id)
+        return route_platform(self.store.redis, dependant.platform)
