@@ -1,0 +1,92 @@
+"""Locality: bytes pulled from the registry and makespan, with locality on and off.
+
+A diamond-shaped Dockerfile whose shared parent is a large toolchain
+stage (random data, so nothing compresses it away): two stages start
+`FROM` it and a final stage copies from both. With locality on, a stage
+runs on the worker that built its `FROM` parent, whose storage already
+has the layers. The registry's access log gives the bytes served by blob
+downloads during the build.
+
+    python bench/locality.py [--megabytes 64] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import local_farm, machine_line, run_farm  # noqa: E402
+
+# Access log lines of the CNCF registry: ... "GET /v2/<name>/blobs/<digest> HTTP/1.1" 200 <bytes> ...
+_BLOB_GET = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 200 (\d+)')
+
+
+def diamond(megabytes: int) -> str:
+    token = uuid.uuid4().hex[:8]
+    return (
+        "FROM busybox AS toolchain\n"
+        f"RUN echo {token} > /token && dd if=/dev/urandom of=/toolchain bs=1M count={megabytes} 2>/dev/null\n"
+        "\n"
+        "FROM toolchain AS left\n"
+        "RUN sleep 1 && head -c 1024 /toolchain > /left\n"
+        "\n"
+        "FROM toolchain AS right\n"
+        "RUN sleep 1 && tail -c 1024 /toolchain > /right\n"
+        "\n"
+        "FROM busybox\n"
+        "COPY --from=left /left /left\n"
+        "COPY --from=right /right /right\n"
+    )
+
+
+def pulled_bytes(log: Path, offset: int) -> int:
+    with open(log, errors="replace") as stream:
+        stream.seek(offset)
+        return sum(int(match.group(1)) for match in _BLOB_GET.finditer(stream.read()))
+
+
+def measure(locality: bool, megabytes: int, rounds: int) -> tuple[float, float]:
+    """Return the median makespan (s) and bytes pulled (MiB) over `rounds` builds."""
+    os.environ["FARM_LOCALITY"] = "1" if locality else "0"
+    seconds_list, pulled_list = [], []
+    with local_farm(2) as (local, state), tempfile.TemporaryDirectory(prefix="bench-locality-") as scratch:
+        log = Path(next(s.log for s in local.load().services if s.name == "registry"))
+        for _ in range(rounds):
+            (Path(scratch) / "Dockerfile").write_text(diamond(megabytes))
+            offset = log.stat().st_size
+            seconds, result = run_farm(state, "build", scratch)
+            if result.returncode != 0:
+                raise SystemExit(result.stdout + result.stderr)
+            seconds_list.append(seconds)
+            pulled_list.append(pulled_bytes(log, offset) / 2**20)
+    return statistics.median(seconds_list), statistics.median(pulled_list)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=64, help="size of the toolchain layer (default: 64)")
+    parser.add_argument("--rounds", type=int, default=2, help="builds per setting (default: 2)")
+    args = parser.parse_args()
+
+    rows = [(setting, *measure(setting == "on", args.megabytes, args.rounds)) for setting in ("on", "off")]
+
+    print(machine_line())
+    print(
+        f"diamond Dockerfile, {args.megabytes} MiB toolchain parent, 2 workers, medians of {args.rounds} builds"
+    )
+    print(f"{'locality':<9} {'makespan s':>11} {'pulled MiB':>11}")
+    for setting, seconds, pulled in rows:
+        print(f"{setting:<9} {seconds:>11.1f} {pulled:>11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
