@@ -8,6 +8,7 @@
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
+| `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip`, `zstd` or `none` | `gzip` |
 | `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .errors import FarmError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGISTRY = "127.0.0.1:5000"
@@ -35,6 +38,7 @@ class Settings:
     mirror_docker_io: bool = False
     layer_cache: bool = True
     locality: bool = True
+    push_compression: str = "gzip"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -50,6 +54,7 @@ class Settings:
             mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
             layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
             locality=_flag(env.get("FARM_LOCALITY"), True),
+            push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd", "none"), "gzip"),
         )
 
     @property
@@ -82,6 +87,13 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return parts._replace(netloc=host).geturl()
+
+
+def _choice(env, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise FarmError(f"invalid {name}={value!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def _flag(value: str | None, default: bool) -> bool:

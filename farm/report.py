@@ -55,6 +55,7 @@ def _stage_json(build: SubmittedBuild, outcome: BuildOutcome, stage_id: str) -> 
         "worker": result.worker if result else None,
         "digest": result.digest if result else None,
         "seconds": result.seconds if result else None,
+        "push_seconds": result.push_seconds if result else None,
     }
 
 

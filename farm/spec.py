@@ -60,6 +60,7 @@ class StageResult:
     error: str | None = None
     output: str = ""
     cached: bool = False
+    push_seconds: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

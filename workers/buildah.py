@@ -133,9 +133,14 @@ class Buildah:
             flags += ["--runtime", self.runtime]
         return [*flags, "--network", self.network]
 
-    def push(self, image: str, digest_file: Path) -> str:
-        """Push `image` to its registry and return the manifest digest."""
-        self.run("push", "--digestfile", str(digest_file), image, f"docker://{image}")
+    def push(self, image: str, digest_file: Path, compression: str = "gzip") -> str:
+        """Push `image` to its registry and return the manifest digest.
+
+        `compression` is `gzip`, `zstd` or `none`; every Buildah and
+        container engine in use must be able to read what it produces.
+        """
+        flags = ["--disable-compression"] if compression == "none" else ["--compression-format", compression]
+        self.run("push", *flags, "--digestfile", str(digest_file), image, f"docker://{image}")
         return digest_file.read_text().strip()
 
     def run(self, *arguments: str, timeout: float = 600) -> str:

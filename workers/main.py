@@ -115,8 +115,8 @@ def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         if args.probe:
             return _print_probe(args)
         return _run(args, settings)
@@ -194,6 +194,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         layer_cache=settings.layer_cache_repository,
         platforms=[platform, *emulated_platforms(platform)],
         locality=settings.locality,
+        push_compression=settings.push_compression,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]

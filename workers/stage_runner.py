@@ -58,6 +58,7 @@ class StageRunner:
     layer_cache: str | None = None
     platforms: list[str] = field(default_factory=list)
     locality: bool = True
+    push_compression: str = "gzip"
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -129,8 +130,10 @@ class StageRunner:
             )
             if not output.ok:
                 return self._failure(spec, output)
-            digest = self.buildah.push(spec.image, scratch / "digest")
-            return StageResult(worker=self.worker_id, digest=digest)
+            push_started = time.monotonic()
+            digest = self.buildah.push(spec.image, scratch / "digest", self.push_compression)
+            push_seconds = round(time.monotonic() - push_started, 3)
+            return StageResult(worker=self.worker_id, digest=digest, push_seconds=push_seconds)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self._expire(log_key)
