@@ -181,6 +181,9 @@ class LocalFarm:
         # shutdown), so they get longer than the servers.
         _terminate(workers, timeout=120)
         _terminate(list(reversed(others)), timeout=15)
+        # A worker killed in the middle of a stage leaves Buildah's
+        # overlay mounts behind, which would keep its storage from being removed.
+        unmount_below(self.directory)
         self.state_file.unlink(missing_ok=True)
         (self.directory / "farm.env").unlink(missing_ok=True)
 
@@ -244,6 +247,15 @@ class LocalFarm:
 
     def _save(self, state: LocalFarmState) -> None:
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
+
+
+def unmount_below(directory: Path) -> None:
+    """Unmount every mount point below `directory`, deepest first."""
+    prefix = str(directory) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, check=False)
 
 
 def _terminate(services: list[Service], timeout: float) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from farm.local import unmount_below
 from farm.registry import RegistryClient
 
 from .cli import run_farm, start_farm
@@ -221,17 +222,8 @@ def docker_daemon(farm: FarmHandle) -> Iterator[DockerDaemon]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-        _unmount_below(directory)
+        unmount_below(directory)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _unmount_below(directory: Path) -> None:
-    """Unmount what dockerd left below `directory` (its default network namespace), deepest first."""
-    prefix = str(directory) + "/"
-    with open("/proc/self/mounts") as mounts:
-        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
-    for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", point], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -128,7 +128,7 @@ def test_impossible_mode_consumes_nothing(farm, tmp_path: Path) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     queue = queue_for(default_platform())
     client.delete(queue)
-    send_stage(create_app(settings), "no-such-build", "0", default_platform())
+    send_stage(create_app(settings), "no-such-build", "0", queue)
 
     result = subprocess.run(
         [FARM_WORKER, "--name", "impossible", "--root", str(tmp_path / "worker")],
