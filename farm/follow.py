@@ -27,7 +27,7 @@ from .tags import write_tags
 
 log = structlog.get_logger(__name__)
 
-# Without any event for this long, the command says what it still waits for.
+# After this long without an event, the command prints the stages it still waits for.
 _QUIET_NOTICE_SECONDS = 30.0
 # Tags of several finished entries are written in parallel: each is a few
 # small registry requests, and a cached batch finishes all entries at once.
@@ -36,7 +36,7 @@ _TAGGING_THREADS = 8
 
 @dataclass
 class EntryOutcome:
-    """How one entry of a build ended."""
+    """The result of one entry of a build: its status, digests per platform, tags and error."""
 
     name: str
     status: str = "running"
@@ -47,7 +47,7 @@ class EntryOutcome:
 
 @dataclass
 class BuildOutcome:
-    """How a build ended: one outcome per entry, and the stage results."""
+    """The result of a build: one outcome per entry, and the stage results."""
 
     build_id: str
     entries: dict[str, EntryOutcome]

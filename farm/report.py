@@ -46,12 +46,15 @@ def print_summary(outcome: BuildOutcome, console: Console) -> None:
 def _stage_json(build: SubmittedBuild, outcome: BuildOutcome, stage_id: str) -> dict:
     spec = build.specs[stage_id]
     result = outcome.results.get(stage_id)
+    state = "not built"
+    if result is not None:
+        state = "cached" if result.cached else "built"
     return {
         "id": stage_id,
         "stage": spec.stage,
         "platform": spec.platform,
         "key": spec.key,
-        "state": "cached" if result and result.cached else "built" if result else "not built",
+        "state": state,
         "worker": result.worker if result else None,
         "digest": result.digest if result else None,
         "seconds": result.seconds if result else None,
