@@ -86,12 +86,14 @@ class Buildah:
         platform: str | None = None,
         layer_cache: str | None = None,
         on_line: Callable[[str], None] | None = None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
     ) -> BuildOutput:
         """Build `dockerfile` in `context` and tag the result `image`.
 
         With `layer_cache` (a repository), each step's layer is looked up
         there before it runs and pushed there after, so any worker can
-        reuse the steps another one built.
+        reuse the steps another one built. `on_start` receives the Buildah
+        process as soon as it runs, so a caller can stop it.
         """
         command = [*self._base(), "bud", "--isolation", self.isolation, "-f", str(dockerfile), "-t", image]
         if platform:
@@ -101,7 +103,7 @@ class Buildah:
         for name, value in sorted(build_args.items()):
             command += ["--build-arg", f"{name}={value}"]
         command.append(str(context))
-        return self._stream(command, on_line)
+        return self._stream(command, on_line, on_start)
 
     def push(self, image: str, digest_file: Path) -> str:
         """Push `image` to its registry and return the manifest digest."""
@@ -133,7 +135,12 @@ class Buildah:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf)}
 
-    def _stream(self, command: list[str], on_line: Callable[[str], None] | None) -> BuildOutput:
+    def _stream(
+        self,
+        command: list[str],
+        on_line: Callable[[str], None] | None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
+    ) -> BuildOutput:
         output = BuildOutput(returncode=-1)
         kept: deque[str] = deque(maxlen=_OUTPUT_LINES_KEPT)
         process = subprocess.Popen(
@@ -146,6 +153,8 @@ class Buildah:
             env=self._env(),
         )
         assert process.stdout is not None
+        if on_start:
+            on_start(process)
         for raw in process.stdout:
             line = raw.rstrip("\n")
             kept.append(line)

@@ -28,6 +28,7 @@ from farm.stages import default_platform
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .metrics import serve_metrics
 from .platforms import emulated_platforms
 from .stage_runner import StageRunner
 from .storage import choose_storage
@@ -138,6 +139,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         "concurrency": args.concurrency,
         "pid": os.getpid(),
     }
+    serve_metrics(profile, root)
     heartbeat = Heartbeat(redis_client, worker_id, profile, str(root))
     heartbeat.start()
     log.info(
