@@ -52,6 +52,15 @@ def _buildah_processes(farm) -> list[psutil.Process]:
     return found
 
 
+def _worker_log_events(farm, build_id: str) -> list[dict]:
+    events = []
+    for path in sorted((farm.directory / "logs").glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and json.loads(line).get("build_id") == build_id:
+                events.append(json.loads(line))
+    return events
+
+
 def test_status_of_finished_build(farm) -> None:
     result = farm.cli("build", str(EXAMPLES / "two-builders"), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -185,11 +194,18 @@ def test_follow_logs_then_cancel(farm, fleet_metrics, tmp_path: Path) -> None:
                 process.wait()
 
     _wait_for(lambda: not _buildah_processes(farm), timeout=30, what="buildah processes to exit")
+    events = _worker_log_events(farm, build_id)
+    assert [event["event"] for event in events].count("stage stopped: its build was cancelled") == 2
+    assert [event["event"] for event in events].count("build cancelled; stopping buildah") == 2
+    for event in events:
+        assert event["stage"] in running, event
+        assert event["key"], event
+        assert event["worker"], event
     again = farm.cli("build", "--no-cache", str(EXAMPLES / "two-builders"))
     assert again.returncode == 0, again.stdout + again.stderr
 
 
-def test_cancelled_build_messages_leave_queue(farm) -> None:
+def test_no_stage_left_running(farm) -> None:
     """After every test above, no stage of any build is left running or queued."""
     assert sum(farm.redis.llen(queue) for queue in QUEUES) == 0
     for key in farm.redis.scan_iter(match=keys.states("*")):

@@ -9,6 +9,7 @@ about one poll interval even when it prints nothing.
 
 from __future__ import annotations
 
+import contextvars
 import subprocess
 import threading
 import time
@@ -37,7 +38,11 @@ class CancelWatch:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
-        self._thread = threading.Thread(target=self._loop, name="farm-cancel-watch", daemon=True)
+        # The thread logs with the caller's structlog context (build, stage, key, worker).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._loop,), name="farm-cancel-watch", daemon=True
+        )
 
     @property
     def cancelled(self) -> bool:
@@ -64,11 +69,11 @@ class CancelWatch:
                 status = self.client.hget(keys.build(self.build_id), "status")
             except redis.RedisError as error:
                 # The next poll tries again; a cancel is seen once Redis is back.
-                log.debug("build status not read", build_id=self.build_id, error=str(error))
+                log.debug("build status not read", error=str(error))
                 continue
             if status == b"cancelled":
                 self._cancelled.set()
-                log.info("build cancelled; stopping buildah", build_id=self.build_id)
+                log.info("build cancelled; stopping buildah")
                 self._kill()
                 return
 
