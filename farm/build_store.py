@@ -1,11 +1,13 @@
 """A build's state in Redis, and the atomic steps that move it forward.
 
 Stage states go `waiting` -> `queued` -> `running` -> `done` (or `failed`,
-or `cancelled` when a stage it depends on failed). A build's status is
-`running` until `farm build` has written the tags of every entry whose
-target was built; then it is `succeeded`, or `failed` when any entry failed. Each transition that touches several keys is
-one Lua script, so two workers finishing the last two dependencies of a
-stage release it exactly once.
+or `cancelled` when a stage it depends on failed or the build was
+cancelled). A build's status is `running` until `farm build` has written
+the tags of every entry whose target was built; then it is `succeeded`,
+or `failed` when any entry failed, or `cancelled` after `farm cancel`.
+Each transition that touches several keys is one Lua script, so two
+workers finishing the last two dependencies of a stage release it exactly
+once. The scripts also count stages in `farm:stats` for `farm metrics`.
 """
 
 from __future__ import annotations
@@ -26,20 +28,27 @@ local state = redis.call('HGET', KEYS[1], ARGV[1])
 if state == 'done' then return 2 end
 if status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], 'running')
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'type', 'started', 'stage', ARGV[1], 'worker', ARGV[2])
 return 1
 """
 
+# A stage delivered again after it was done is completed again (to release
+# its dependants) but counted once.
 _COMPLETE = """
+local before = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], 'done')
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+if before ~= 'done' then
+  redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'stages_cached' or 'stages_built', 1)
+end
 redis.call('XADD', KEYS[4], '*', 'type', 'built', 'stage', ARGV[1], 'data', ARGV[2])
 if ARGV[4] == '1' then
   redis.call('XADD', KEYS[4], '*', 'type', 'target-built', 'stage', ARGV[1])
 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
 local released = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local dependant = ARGV[i]
   local pending = ARGV[3] .. dependant
   redis.call('SREM', pending, ARGV[1])
@@ -56,6 +65,9 @@ return released
 """
 
 _FAIL = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'failed' then
+  redis.call('HINCRBY', KEYS[5], 'stages_failed', 1)
+end
 redis.call('HSET', KEYS[1], ARGV[1], 'failed')
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'failed', 'stage', ARGV[1], 'data', ARGV[2])
@@ -67,8 +79,49 @@ for i = 3, #ARGV do
     table.insert(cancelled, ARGV[i])
   end
 end
+if #cancelled > 0 then redis.call('HINCRBY', KEYS[5], 'stages_cancelled', #cancelled) end
 redis.call('XADD', KEYS[4], '*', 'type', 'cancelled', 'stage', ARGV[1], 'cancelled', cjson.encode(cancelled))
 return cancelled
+"""
+
+# Cancel a running build: its status becomes `cancelled` (so START skips
+# any of its messages still queued) and every waiting or queued stage is
+# cancelled. Running stages stay `running` until their worker has stopped
+# Buildah; it sees the status and calls _STOPPED. Returns {found, status,
+# cancelled stages (JSON), running stages (JSON)}.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, '', '[]', '[]'} end
+if status ~= 'running' then return {1, status, '[]', '[]'} end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled', ARGV[1])
+local cancelled = {}
+local running = {}
+local states = redis.call('HGETALL', KEYS[2])
+for i = 1, #states, 2 do
+  local stage, state = states[i], states[i + 1]
+  if state == 'waiting' or state == 'queued' then
+    redis.call('HSET', KEYS[2], stage, 'cancelled')
+    table.insert(cancelled, stage)
+  elseif state == 'running' then
+    table.insert(running, stage)
+  end
+end
+redis.call('HINCRBY', KEYS[4], 'builds_cancelled', 1)
+if #cancelled > 0 then redis.call('HINCRBY', KEYS[4], 'stages_cancelled', #cancelled) end
+local encoded_cancelled = #cancelled > 0 and cjson.encode(cancelled) or '[]'
+local encoded_running = #running > 0 and cjson.encode(running) or '[]'
+redis.call('XADD', KEYS[3], '*', 'type', 'build-cancelled', 'cancelled', encoded_cancelled,
+  'running', encoded_running)
+return {1, 'running', encoded_cancelled, encoded_running}
+"""
+
+# A worker stopped a running stage of a cancelled build.
+_STOPPED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'cancelled')
+redis.call('HINCRBY', KEYS[3], 'stages_cancelled', 1)
+redis.call('XADD', KEYS[2], '*', 'type', 'stage-stopped', 'stage', ARGV[1], 'worker', ARGV[2])
+return 1
 """
 
 
@@ -83,6 +136,20 @@ class Event:
     @property
     def stage(self) -> str | None:
         return self.fields.get("stage")
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What `BuildStore.cancel` did: the build's status before, and the stages it touched."""
+
+    found: bool
+    status_before: str
+    cancelled: list[str]
+    running: list[str]
+
+    @property
+    def took_effect(self) -> bool:
+        return self.found and self.status_before == "running"
 
 
 class StartDecision:
@@ -101,6 +168,8 @@ class BuildStore:
         self._start = client.register_script(_START)
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
+        self._cancel = client.register_script(_CANCEL)
+        self._stopped = client.register_script(_STOPPED)
 
     def create(
         self,
@@ -120,8 +189,14 @@ class BuildStore:
             spec.id: "done" if spec.id in cached else "queued" if spec.id in roots else "waiting"
             for spec in specs
         }
+        created = time.time()
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.build(build_id), mapping={**record, "status": "running", "created": str(time.time())})
+        pipe.hset(keys.build(build_id), mapping={**record, "status": "running", "created": str(created)})
+        pipe.zadd(keys.builds(), {build_id: created})
+        pipe.zremrangebyscore(keys.builds(), "-inf", created - keys.BUILD_TTL_SECONDS)
+        pipe.hincrby(keys.stats(), "builds_submitted", 1)
+        if cached:
+            pipe.hincrby(keys.stats(), "stages_cached", len(cached))
         pipe.hset(keys.specs(build_id), mapping={spec.id: spec.to_json() for spec in specs})
         pipe.hset(keys.states(build_id), mapping=states)
         if cached:
@@ -165,24 +240,42 @@ class BuildStore:
         text = self.redis.hget(keys.results(build_id), stage_id)
         return StageResult.from_json(text) if text else None
 
+    def runs(self, build_id: str) -> dict[str, dict]:
+        """Return, per started stage, the worker that started it and when (epoch seconds)."""
+        raw = self.redis.hgetall(keys.runs(build_id))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
     def start(self, build_id: str, stage_id: str, worker_id: str) -> int:
         """Mark a stage running on `worker_id`; return a `StartDecision` value."""
+        run = json.dumps({"worker": worker_id, "started": time.time()})
         return int(
             self._start(
-                keys=[keys.states(build_id), keys.build(build_id), keys.events(build_id)],
-                args=[stage_id, worker_id],
+                keys=[
+                    keys.states(build_id),
+                    keys.build(build_id),
+                    keys.events(build_id),
+                    keys.runs(build_id),
+                ],
+                args=[stage_id, worker_id, run],
             )
         )
 
     def complete(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
         """Mark a stage done; return the dependants it released, now `queued`."""
         released = self._complete(
-            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
+            keys=[
+                keys.states(build_id),
+                keys.build(build_id),
+                keys.results(build_id),
+                keys.events(build_id),
+                keys.stats(),
+            ],
             args=[
                 spec.id,
                 result.to_json(),
                 keys.pending_prefix(build_id),
                 "1" if spec.is_target else "0",
+                "1" if result.cached else "0",
                 *spec.dependants,
             ],
         )
@@ -191,10 +284,50 @@ class BuildStore:
     def fail(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
         """Mark a stage failed and cancel its descendants; return the stages cancelled."""
         cancelled = self._fail(
-            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
+            keys=[
+                keys.states(build_id),
+                keys.build(build_id),
+                keys.results(build_id),
+                keys.events(build_id),
+                keys.stats(),
+            ],
             args=[spec.id, result.to_json(), *spec.descendants],
         )
         return [stage.decode() for stage in cancelled]
+
+    def cancel(self, build_id: str) -> CancelOutcome:
+        """Cancel a running build and its waiting and queued stages, in one script."""
+        found, status, cancelled, running = self._cancel(
+            keys=[keys.build(build_id), keys.states(build_id), keys.events(build_id), keys.stats()],
+            args=[str(time.time())],
+        )
+        return CancelOutcome(
+            found=bool(found),
+            status_before=status.decode() if isinstance(status, bytes) else str(status),
+            cancelled=json.loads(cancelled),
+            running=json.loads(running),
+        )
+
+    def stage_stopped(self, build_id: str, stage_id: str, worker_id: str) -> bool:
+        """Mark a running stage of a cancelled build cancelled; return whether it was running."""
+        return bool(
+            self._stopped(
+                keys=[keys.states(build_id), keys.events(build_id), keys.stats()],
+                args=[stage_id, worker_id],
+            )
+        )
+
+    def status(self, build_id: str) -> str | None:
+        """Return the build's status (running, succeeded, failed, cancelled), or None if unknown."""
+        value = self.redis.hget(keys.build(build_id), "status")
+        return value.decode() if value else None
+
+    def expire(self, build_id: str) -> None:
+        """Let a finished build's keys expire after `BUILD_TTL_SECONDS`."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._build_keys(build_id):
+            pipe.expire(key, keys.BUILD_TTL_SECONDS)
+        pipe.execute()
 
     def finish(self, build_id: str, status: str, **fields: str) -> None:
         """Record the end of a build and let its keys expire."""
@@ -223,8 +356,10 @@ class BuildStore:
             keys.states(build_id),
             keys.results(build_id),
             keys.events(build_id),
+            keys.runs(build_id),
         ]
         names += [key.decode() for key in self.redis.scan_iter(match=keys.pending_prefix(build_id) + "*")]
+        names += [key.decode() for key in self.redis.scan_iter(match=keys.stage_log(build_id, "*"))]
         return names
 
 

@@ -58,3 +58,16 @@ def send_stage(app: Celery, build_id: str, stage_id: str, queue: str) -> None:
     Dockerfile text, build arg or credential travels through the broker.
     """
     app.send_task(BUILD_STAGE_TASK, kwargs={"build_id": build_id, "stage_id": stage_id}, queue=queue)
+
+
+def __getattr__(name: str) -> Celery:
+    """Create `app` from the environment on first use, for Celery's own tools.
+
+    `celery -A farm.celery_app inspect active` and
+    `celery -A farm.celery_app flower` find the farm's app this way.
+    """
+    if name == "app":
+        global app
+        app = create_app(Settings.from_env())
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

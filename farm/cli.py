@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     workers.set_defaults(run=_run_workers)
 
     from .local_cli import add_local_commands
+    from .ops_cli import add_ops_commands
 
+    add_ops_commands(commands)
     add_local_commands(commands)
     return parser
 

@@ -3,11 +3,14 @@
 `farm build` waits here until every entry has either its target built on
 each platform (then its tags are written: a manifest copy for one
 platform, an image index for several) or a failed stage on its path
-(then the stage's Buildah output and Dockerfile line are shown).
+(then the stage's Buildah output and Dockerfile line are shown), or until
+the build is cancelled (`farm cancel`), which ends every entry still
+running as `cancelled`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +64,10 @@ class BuildOutcome:
     def failed_entries(self) -> list[str]:
         return [name for name, entry in self.entries.items() if entry.status == "failed"]
 
+    @property
+    def cancelled(self) -> bool:
+        return any(entry.status == "cancelled" for entry in self.entries.values())
+
 
 class BuildFollower:
     """Reads a build's events, prints them, and writes each entry's tags when it is built."""
@@ -93,7 +100,9 @@ class BuildFollower:
                 else:
                     self._check_alive(last_event_at)
 
-        status = "succeeded" if self.outcome.succeeded else "failed"
+        status = (
+            "succeeded" if self.outcome.succeeded else "cancelled" if self.outcome.cancelled else "failed"
+        )
         self.store.finish(self.build.build_id, status, failed=" ".join(self.outcome.failed_entries))
         return self.outcome
 
@@ -124,6 +133,23 @@ class BuildFollower:
                 self.console.print(f"[yellow]cancelled[/] stages {escape(cancelled)} (they needed {stage})")
         elif event.type == "target-built":
             self._target_built(event.stage)
+        elif event.type == "build-cancelled":
+            self._cancelled(event)
+        elif event.type == "stage-stopped":
+            worker = escape(event.fields.get("worker", "?"))
+            self.console.print(f"[yellow]stopped[/]   stage {stage} on worker {worker} (build cancelled)")
+
+    def _cancelled(self, event: Event) -> None:
+        dropped = ", ".join(json.loads(event.fields.get("cancelled", "[]"))) or "none"
+        running = ", ".join(json.loads(event.fields.get("running", "[]"))) or "none"
+        self.console.print(
+            f"[bold yellow]cancelled[/] build {escape(self.build.build_id)} (farm cancel): "
+            f"queued stages dropped: {escape(dropped)}; running stages being stopped: {escape(running)}"
+        )
+        for entry in self.outcome.entries.values():
+            if entry.status == "running":
+                entry.status = "cancelled"
+                entry.error = f"build {self.build.build_id} was cancelled"
 
     def _target_built(self, node: str) -> None:
         result = self.store.result(self.build.build_id, node)

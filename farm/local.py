@@ -40,6 +40,7 @@ class Service:
     pid: int
     started: float
     log: str
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -69,8 +70,14 @@ class LocalFarm:
 
     # Start
 
-    def start(self, workers: int = 2, redis_port: int = 0, registry_port: int = 0) -> LocalFarmState:
-        """Start Redis, the registry and `workers` workers; wait until all are ready."""
+    def start(
+        self, workers: int = 2, redis_port: int = 0, registry_port: int = 0, metrics: bool = False
+    ) -> LocalFarmState:
+        """Start Redis, the registry and `workers` workers; wait until all are ready.
+
+        With `metrics`, each worker serves Prometheus metrics on its own
+        free loopback port, recorded as the service's `metrics_port`.
+        """
         if self.state_file.exists():
             raise FarmError(
                 f"a local farm already runs from {self.directory} (state in {self.state_file}); "
@@ -94,7 +101,7 @@ class LocalFarm:
             # Workers prove their Buildah mode with a build FROM this base before they start.
             _push_busybox(state.registry, self.directory / "base-images")
             for number in range(1, workers + 1):
-                state.services.append(self.start_worker(state, f"w{number}"))
+                state.services.append(self.start_worker(state, f"w{number}", metrics=metrics))
                 self._save(state)
             self.wait_for_workers(state, [f"w{n}" for n in range(1, workers + 1)])
         except BaseException:
@@ -113,13 +120,22 @@ class LocalFarm:
         return self.directory / "registries.conf"
 
     def start_worker(
-        self, state: LocalFarmState, name: str, extra_env: dict[str, str] | None = None
+        self,
+        state: LocalFarmState,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        metrics: bool = False,
     ) -> Service:
         """Start one more worker with its own root below the farm's directory."""
         root = self.directory / "workers" / name
         command = [_farm_worker(), "--name", name, "--root", str(root)]
         env = {**os.environ, **state.environment(), **(extra_env or {})}
-        return self._spawn(f"worker-{name}", command, env)
+        port = _free_port() if metrics else None
+        if port:
+            env.update({"FARM_METRICS_PORT": str(port), "FARM_METRICS_ADDRESS": "127.0.0.1"})
+        service = self._spawn(f"worker-{name}", command, env)
+        service.metrics_port = port
+        return service
 
     def add_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
         """Start one more worker on the running farm, record it for `stop`, and wait for its heartbeat.

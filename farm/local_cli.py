@@ -17,6 +17,11 @@ def add_local_commands(commands) -> None:
     up = actions.add_parser("up", help="start a local farm and print the variables that point at it")
     up.add_argument("--workers", type=int, default=2, help="number of workers (default: 2)")
     up.add_argument(
+        "--metrics",
+        action="store_true",
+        help="let each worker serve Prometheus metrics on a free loopback port (see farm local env)",
+    )
+    up.add_argument(
         "--dir", type=Path, default=DEFAULT_DIRECTORY, help="state and data directory (default: .farm)"
     )
     up.set_defaults(run=_run_up)
@@ -58,10 +63,17 @@ def add_local_commands(commands) -> None:
 def _run_up(args: argparse.Namespace) -> int:
     from .local import LocalFarm
 
-    state = LocalFarm(args.dir).start(workers=args.workers)
+    state = LocalFarm(args.dir).start(workers=args.workers, metrics=args.metrics)
+    _print_environment(state)
+    return 0
+
+
+def _print_environment(state) -> None:
     for name, value in state.environment().items():
         print(f"export {name}={value}")
-    return 0
+    ports = [str(service.metrics_port) for service in state.services if service.metrics_port]
+    if ports:
+        print(f"export FARM_WORKER_METRICS_PORTS='{' '.join(ports)}'")
 
 
 def _run_down(args: argparse.Namespace) -> int:
@@ -78,8 +90,7 @@ def _run_env(args: argparse.Namespace) -> int:
     state = LocalFarm(args.dir).load()
     if state is None:
         raise FarmError(f"no local farm runs from {args.dir.resolve()}; start one with: farm local up")
-    for name, value in state.environment().items():
-        print(f"export {name}={value}")
+    _print_environment(state)
     return 0
 
 

@@ -9,6 +9,7 @@ Per build `<id>`:
 | `farm:build:<id>:states` | hash | stage id -> waiting, queued, running, done, failed or cancelled |
 | `farm:build:<id>:pending:<stage>` | set | ids of the stages `<stage>` still waits for |
 | `farm:build:<id>:results` | hash | stage id -> result (JSON): worker, digest, seconds, line, output |
+| `farm:build:<id>:runs` | hash | stage id -> the worker that started it and when (JSON: worker, started) |
 | `farm:build:<id>:events` | stream | progress events, read by `farm build` |
 | `farm:build:<id>:log:<stage>` | list | Buildah output lines of the stage, appended while it builds |
 
@@ -17,6 +18,11 @@ expires unless renewed), so concurrent builds build a stage once.
 
 Per worker `<id>`: `farm:worker:<id>` (string, JSON profile, expires
 unless the worker renews it). Celery's own queues are `farm.stages.<platform>`.
+
+Across builds: `farm:builds` (sorted set, build id scored by its creation
+time, for `farm status`) and `farm:stats` (hash of counters since Redis
+was created: builds_submitted, builds_cancelled, stages_built,
+stages_cached, stages_failed, stages_cancelled; read by `farm metrics`).
 """
 
 from __future__ import annotations
@@ -53,6 +59,21 @@ def results(build_id: str) -> str:
 
 def events(build_id: str) -> str:
     return f"{build(build_id)}:events"
+
+
+def runs(build_id: str) -> str:
+    """Return the hash of which worker started each stage of a build, and when."""
+    return f"{build(build_id)}:runs"
+
+
+def builds() -> str:
+    """Return the sorted set of build ids, scored by creation time."""
+    return f"{PREFIX}:builds"
+
+
+def stats() -> str:
+    """Return the hash of fleet-wide build and stage counters."""
+    return f"{PREFIX}:stats"
 
 
 def worker(worker_id: str) -> str:

@@ -26,6 +26,7 @@ class FarmHandle:
 
     directory: Path
     env: dict[str, str]
+    worker_metrics_ports: list[int]
     registry_address: str
     registries_conf: Path
     redis: redis.Redis
@@ -46,6 +47,8 @@ class FarmHandle:
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
     """Start Redis, a registry and two workers on loopback, with a busybox base image.
 
+    Each worker serves Prometheus metrics on its own loopback port.
+
     Skips when Buildah, Redis or the registry is not installed.
     """
     from farm.base_images import make_busybox_image
@@ -57,13 +60,14 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
 
     directory = tmp_path_factory.mktemp("farm")
     local = LocalFarm(directory)
-    state = local.start(workers=2)
+    state = local.start(workers=2, metrics=True)
     try:
         registry = RegistryClient(state.registry, insecure=True)
         make_busybox_image(registry, directory / "base-images")
         yield FarmHandle(
             directory=directory,
             env=state.environment(),
+            worker_metrics_ports=[s.metrics_port for s in state.services if s.metrics_port],
             registry_address=state.registry,
             registries_conf=local.registries_conf,
             redis=redis.Redis.from_url(state.redis_url),
@@ -234,3 +238,31 @@ def runner_image(farm: FarmHandle, debian_image: str) -> str:
     result = farm.cli("build", "-t", tag, str(runner))
     assert result.returncode == 0, result.stdout + result.stderr
     return tag
+
+
+@pytest.fixture(scope="session")
+def fleet_metrics(farm: FarmHandle) -> Iterator[int]:
+    """Run `farm metrics` on a free loopback port for the session; yield the port."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = farm.popen("metrics", "--port", str(port), "--address", "127.0.0.1")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"farm metrics did not start: {process.stderr.read()}") from None
+                time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -109,12 +109,14 @@ class Buildah:
         platform: str | None = None,
         layer_cache: str | None = None,
         on_line: Callable[[str], None] | None = None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
     ) -> BuildOutput:
         """Build `dockerfile` in `context` and tag the result `image`.
 
         With `layer_cache` (a repository), each step's layer is looked up
         there before it runs and pushed there after, so any worker can
-        reuse the steps another one built.
+        reuse the steps another one built. `on_start` receives the Buildah
+        process as soon as it runs, so a caller can stop it.
         """
         command = [*self._base(), "bud", *self.isolation_flags(), "-f", str(dockerfile), "-t", image]
         if platform:
@@ -124,7 +126,7 @@ class Buildah:
         for name, value in sorted(build_args.items()):
             command += ["--build-arg", f"{name}={value}"]
         command.append(str(context))
-        return self._stream(command, on_line)
+        return self._stream(command, on_line, on_start)
 
     def isolation_flags(self) -> list[str]:
         """Return the isolation, runtime and network flags of `bud` and `run`."""
@@ -176,7 +178,12 @@ class Buildah:
     def _wrap(self, command: list[str]) -> list[str]:
         return self.launcher.wrap(command, self._buildah_env()) if self.launcher else command
 
-    def _stream(self, command: list[str], on_line: Callable[[str], None] | None) -> BuildOutput:
+    def _stream(
+        self,
+        command: list[str],
+        on_line: Callable[[str], None] | None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
+    ) -> BuildOutput:
         output = BuildOutput(returncode=-1)
         kept: deque[str] = deque(maxlen=_OUTPUT_LINES_KEPT)
         process = subprocess.Popen(
@@ -189,6 +196,8 @@ class Buildah:
             env=self._env(),
         )
         assert process.stdout is not None
+        if on_start:
+            on_start(process)
         for raw in process.stdout:
             line = raw.rstrip("\n")
             kept.append(line)

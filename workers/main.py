@@ -32,6 +32,7 @@ from farm.stages import default_platform
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .metrics import serve_metrics
 from .modes import make_buildah
 from .platforms import emulated_platforms
 from .probe import HostProfile, probe_host
@@ -204,12 +205,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     def build_stage(build_id: str, stage_id: str) -> None:
         runner.run(build_id, stage_id)
 
-    heartbeat = Heartbeat(
-        redis_client,
-        worker_id,
-        worker_profile(worker_id, profile, candidate, platform, emulated, args),
-        str(root),
-    )
+    published = worker_profile(worker_id, profile, candidate, platform, emulated, args)
+    serve_metrics(published, root)
+    heartbeat = Heartbeat(redis_client, worker_id, published, str(root))
     heartbeat.start()
     log.info(
         "worker starting",

@@ -9,6 +9,10 @@ cancels what depends on it.
 Two builds that need the same content key at once build it once: the
 first takes the key's lock, the second waits and then reuses the pushed
 image.
+
+While a stage runs, every log line of the worker thread carries its
+build id, stage, content key and worker id (structlog context variables),
+and a cancelled build stops its Buildah process (see `CancelWatch`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from farm.fleet import route_platform
 from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
+from . import metrics
 from .buildah import Buildah, BuildahError, BuildOutput
+from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
 from .stage_lock import StageLock
 
@@ -62,57 +68,85 @@ class StageRunner:
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
-        bound = log.bind(build_id=build_id, stage=stage_id, worker=self.worker_id)
-        spec = self.store.spec(build_id, stage_id)
-        if spec is None:
-            bound.warning("stage not found in Redis; the build expired or was lost")
-            return
+        with structlog.contextvars.bound_contextvars(
+            build_id=build_id, stage=stage_id, worker=self.worker_id
+        ):
+            spec = self.store.spec(build_id, stage_id)
+            if spec is None:
+                log.warning("stage not found in Redis; the build expired or was lost")
+                return
+            with structlog.contextvars.bound_contextvars(key=spec.key):
+                self._run(build_id, spec)
 
-        decision = self.store.start(build_id, stage_id, self.worker_id)
+    def _run(self, build_id: str, spec: StageSpec) -> None:
+        decision = self.store.start(build_id, spec.id, self.worker_id)
         if decision == StartDecision.SKIP:
-            bound.info("stage skipped: its build is no longer running")
+            log.info("stage skipped: its build is no longer running")
             return
         if decision == StartDecision.ALREADY_DONE:
             # A message delivered again after the stage was built: release
             # the dependants again in case the first delivery died before that.
-            result = self.store.result(build_id, stage_id) or StageResult(worker=self.worker_id)
+            result = self.store.result(build_id, spec.id) or StageResult(worker=self.worker_id)
             self._complete(build_id, spec, result)
             return
 
-        bound = bound.bind(key=spec.key)
         started = time.monotonic()
-        result = self._build_once(build_id, spec, bound)
+        with CancelWatch(self.store.redis, build_id) as watch:
+            result = self._build_once(build_id, spec, watch)
         result.seconds = round(time.monotonic() - started, 3)
 
         if result.digest:
-            bound.info("stage done", digest=result.digest, seconds=result.seconds, cached=result.cached)
+            log.info("stage done", digest=result.digest, seconds=result.seconds, cached=result.cached)
+            self._count(result)
             self._complete(build_id, spec, result)
+        elif watch.cancelled:
+            self._stop_cancelled(build_id, spec)
         else:
             cancelled = self.store.fail(build_id, spec, result)
-            bound.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
+            metrics.STAGES_FAILED.labels(self.worker_id).inc()
+            log.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
 
-    def _build_once(self, build_id: str, spec: StageSpec, bound) -> StageResult:
+    def _build_once(self, build_id: str, spec: StageSpec, watch: CancelWatch) -> StageResult:
         """Build the stage unless its key is, or becomes, available from another build."""
         lock = StageLock(self.store.redis, spec.key, f"{build_id}/{spec.id}")
         while True:
             pushed = self.registry.get_manifest(self.stages_repository, spec.key)
             if pushed is not None:
-                bound.info("stage reused: another build pushed its key")
+                log.info("stage reused: another build pushed its key")
                 return StageResult(worker=self.worker_id, digest=pushed.digest, cached=True)
+            if watch.cancelled:
+                return StageResult(worker=self.worker_id, error="build cancelled")
             if lock.acquire():
                 break
             time.sleep(_LOCK_POLL_SECONDS)
 
         try:
-            bound.info("stage started")
-            return self._build_and_push(build_id, spec, bound)
+            log.info("stage started")
+            return self._build_and_push(build_id, spec, watch)
         except (FarmError, BuildahError, OSError) as error:
-            bound.error("stage failed on the worker", error=str(error))
+            log.error("stage failed on the worker", error=str(error))
             return StageResult(worker=self.worker_id, error=f"worker {self.worker_id}: {error}")
         finally:
             lock.release()
 
-    def _build_and_push(self, build_id: str, spec: StageSpec, bound) -> StageResult:
+    def _stop_cancelled(self, build_id: str, spec: StageSpec) -> None:
+        """Clean up after Buildah was stopped for a cancelled build, and mark the stage cancelled."""
+        # NOTE: `buildah rm --all` also removes the working containers of
+        # other stages this worker builds at the same time (--concurrency
+        # above 1); those stages then fail and are built again.
+        self.buildah.remove_containers()
+        self.store.stage_stopped(build_id, spec.id, self.worker_id)
+        metrics.STAGES_CANCELLED.labels(self.worker_id).inc()
+        log.info("stage stopped: its build was cancelled")
+
+    def _count(self, result: StageResult) -> None:
+        if result.cached:
+            metrics.STAGES_CACHED.labels(self.worker_id).inc()
+            return
+        metrics.STAGES_BUILT.labels(self.worker_id).inc()
+        metrics.STAGE_SECONDS.labels(self.worker_id).observe(result.seconds)
+
+    def _build_and_push(self, build_id: str, spec: StageSpec, watch: CancelWatch) -> StageResult:
         context = self.contexts.get(spec.context_digest) if spec.context_digest else self.contexts.empty()
         scratch = Path(tempfile.mkdtemp(prefix="stage-", dir=self.work_dir))
         log_key = keys.stage_log(build_id, spec.id)
@@ -127,6 +161,7 @@ class StageRunner:
                 platform=None if spec.platform == self.native_platform else spec.platform,
                 layer_cache=self.layer_cache,
                 on_line=lambda line: self._record_line(log_key, line),
+                on_start=watch.attach,
             )
             if not output.ok:
                 return self._failure(spec, output)
@@ -170,7 +205,7 @@ class StageRunner:
         specs = self.store.specs(build_id)
         for stage_id in released:
             send_stage(self.app, build_id, stage_id, self._queue_for(specs[stage_id], spec))
-        log.info("stages released", build_id=build_id, stage=spec.id, released=released)
+        log.info("stages released", released=released)
 
     def _queue_for(self, dependant: StageSpec, finished: StageSpec) -> str:
         """Return the queue of a released stage: this worker's own when it starts FROM the stage just built here.
