@@ -20,18 +20,67 @@ import redis
 from . import redis_keys as keys
 from .spec import StageResult, StageSpec
 
-_START = """
+# A stage's holder is stored as JSON {"worker": id, "instance": token} in
+# the global `farm:running` hash. The holder is live while the heartbeat
+# profile `farm:worker:<id>` carries the same instance token, so a worker
+# restarted under the same id does not keep its predecessor's stages alive.
+# NOTE: the scripts read worker profiles by a name built inside the script,
+# which Redis Cluster does not allow; the farm uses one Redis node.
+_HOLDER_ALIVE = """
+local function holder_alive(holder, prefix)
+  if not holder then return false end
+  local ok, parsed = pcall(cjson.decode, holder)
+  if not ok or type(parsed) ~= 'table' or not parsed.worker then return false end
+  local profile = redis.call('GET', prefix .. parsed.worker)
+  if not profile then return false end
+  local ok2, live = pcall(cjson.decode, profile)
+  return ok2 and type(live) == 'table' and live.instance == parsed.instance
+end
+"""
+
+_START = (
+    _HOLDER_ALIVE
+    + """
 local status = redis.call('HGET', KEYS[2], 'status')
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if state == 'done' then return 2 end
 if status ~= 'running' then return 0 end
+if state == 'failed' or state == 'cancelled' then return 0 end
+if state == 'running' and holder_alive(redis.call('HGET', KEYS[4], ARGV[3]), ARGV[4]) then return 3 end
+local instance = ''
+local profile = redis.call('GET', KEYS[5])
+if profile then
+  local ok, parsed = pcall(cjson.decode, profile)
+  if ok and type(parsed) == 'table' and parsed.instance then instance = parsed.instance end
+end
 redis.call('HSET', KEYS[1], ARGV[1], 'running')
+redis.call('HSET', KEYS[4], ARGV[3], cjson.encode({worker = ARGV[2], instance = instance}))
 redis.call('XADD', KEYS[3], '*', 'type', 'started', 'stage', ARGV[1], 'worker', ARGV[2])
 return 1
 """
+)
+
+# Move a stage whose holder is no longer live back to `queued`, unless it
+# finished or another worker took it over since the reaper looked.
+_REQUEUE = (
+    _HOLDER_ALIVE
+    + """
+local holder = redis.call('HGET', KEYS[3], ARGV[2])
+if holder ~= ARGV[3] then return 0 end
+if holder_alive(holder, ARGV[4]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[2])
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'queued')
+local worker = cjson.decode(holder).worker
+redis.call('XADD', KEYS[4], '*', 'type', 'requeued', 'stage', ARGV[1], 'worker', worker)
+return 1
+"""
+)
 
 _COMPLETE = """
 redis.call('HSET', KEYS[1], ARGV[1], 'done')
+redis.call('HDEL', KEYS[5], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'built', 'stage', ARGV[1], 'data', ARGV[2])
 if ARGV[4] == '1' then
@@ -39,7 +88,7 @@ if ARGV[4] == '1' then
 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
 local released = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local dependant = ARGV[i]
   local pending = ARGV[3] .. dependant
   redis.call('SREM', pending, ARGV[1])
@@ -57,10 +106,11 @@ return released
 
 _FAIL = """
 redis.call('HSET', KEYS[1], ARGV[1], 'failed')
+redis.call('HDEL', KEYS[5], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'failed', 'stage', ARGV[1], 'data', ARGV[2])
 local cancelled = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local state = redis.call('HGET', KEYS[1], ARGV[i])
   if state == 'waiting' or state == 'queued' then
     redis.call('HSET', KEYS[1], ARGV[i], 'cancelled')
@@ -91,6 +141,23 @@ class StartDecision:
     SKIP = 0
     BUILD = 1
     ALREADY_DONE = 2
+    # Another worker, still live, is building the stage: a second delivery
+    # of its message (for example after Redis's visibility timeout) must
+    # not start it twice.
+    HELD = 3
+
+
+@dataclass(frozen=True)
+class RunningStage:
+    """A stage marked running, and the worker process that holds it."""
+
+    build_id: str
+    stage_id: str
+    holder: str
+
+    @property
+    def worker(self) -> str:
+        return json.loads(self.holder).get("worker", "?")
 
 
 class BuildStore:
@@ -101,6 +168,7 @@ class BuildStore:
         self._start = client.register_script(_START)
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
+        self._requeue = client.register_script(_REQUEUE)
 
     def create(
         self,
@@ -166,23 +234,40 @@ class BuildStore:
         return StageResult.from_json(text) if text else None
 
     def start(self, build_id: str, stage_id: str, worker_id: str) -> int:
-        """Mark a stage running on `worker_id`; return a `StartDecision` value."""
+        """Mark a stage running on `worker_id`; return a `StartDecision` value.
+
+        The holder recorded is the worker's current process, identified by
+        the instance token of its heartbeat profile.
+        """
         return int(
             self._start(
-                keys=[keys.states(build_id), keys.build(build_id), keys.events(build_id)],
-                args=[stage_id, worker_id],
+                keys=[
+                    keys.states(build_id),
+                    keys.build(build_id),
+                    keys.events(build_id),
+                    keys.running(),
+                    keys.worker(worker_id),
+                ],
+                args=[stage_id, worker_id, keys.running_field(build_id, stage_id), keys.worker("")],
             )
         )
 
     def complete(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
         """Mark a stage done; return the dependants it released, now `queued`."""
         released = self._complete(
-            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
+            keys=[
+                keys.states(build_id),
+                keys.build(build_id),
+                keys.results(build_id),
+                keys.events(build_id),
+                keys.running(),
+            ],
             args=[
                 spec.id,
                 result.to_json(),
                 keys.pending_prefix(build_id),
                 "1" if spec.is_target else "0",
+                keys.running_field(build_id, spec.id),
                 *spec.dependants,
             ],
         )
@@ -191,10 +276,45 @@ class BuildStore:
     def fail(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
         """Mark a stage failed and cancel its descendants; return the stages cancelled."""
         cancelled = self._fail(
-            keys=[keys.states(build_id), keys.build(build_id), keys.results(build_id), keys.events(build_id)],
-            args=[spec.id, result.to_json(), *spec.descendants],
+            keys=[
+                keys.states(build_id),
+                keys.build(build_id),
+                keys.results(build_id),
+                keys.events(build_id),
+                keys.running(),
+            ],
+            args=[spec.id, result.to_json(), keys.running_field(build_id, spec.id), *spec.descendants],
         )
         return [stage.decode() for stage in cancelled]
+
+    def running_stages(self) -> list[RunningStage]:
+        """Return every stage marked running, in any build, with its holder."""
+        stages = []
+        for field, holder in self.redis.hgetall(keys.running()).items():
+            build_id, _, stage_id = field.decode().partition("/")
+            stages.append(RunningStage(build_id, stage_id, holder.decode()))
+        return stages
+
+    def requeue_orphan(self, stage: RunningStage) -> bool:
+        """Move `stage` back to `queued` if its holder is not live; return whether it moved.
+
+        The caller sends the stage's message again when this returns True.
+        """
+        moved = self._requeue(
+            keys=[
+                keys.states(stage.build_id),
+                keys.build(stage.build_id),
+                keys.running(),
+                keys.events(stage.build_id),
+            ],
+            args=[
+                stage.stage_id,
+                keys.running_field(stage.build_id, stage.stage_id),
+                stage.holder,
+                keys.worker(""),
+            ],
+        )
+        return bool(moved)
 
     def finish(self, build_id: str, status: str, **fields: str) -> None:
         """Record the end of a build and let its keys expire."""

@@ -8,6 +8,7 @@
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
+| `FARM_VISIBILITY_TIMEOUT` | seconds before Redis gives an unacknowledged stage message to another worker | `3600` |
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .errors import FarmError
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_NAMESPACE = "farm"
+# Kombu's own default. Lost workers are handled sooner by the reaper
+# (workers/reaper.py); this only bounds how long a message lost between
+# delivery and the stage's start waits.
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 
 _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
@@ -33,6 +40,7 @@ class Settings:
     namespace: str = DEFAULT_NAMESPACE
     mirror_docker_io: bool = False
     layer_cache: bool = True
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -47,6 +55,7 @@ class Settings:
             namespace=env.get("FARM_NAMESPACE", DEFAULT_NAMESPACE).strip("/"),
             mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
             layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
+            visibility_timeout=_seconds(env, "FARM_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_SECONDS),
         )
 
     @property
@@ -85,3 +94,16 @@ def _flag(value: str | None, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _seconds(env, name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise FarmError(f"{name}={value!r} is not a whole number of seconds") from None
+    if seconds <= 0:
+        raise FarmError(f"{name}={value!r} must be a positive number of seconds")
+    return seconds

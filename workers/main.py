@@ -29,6 +29,7 @@ from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
 from .platforms import emulated_platforms
+from .reaper import Reaper
 from .stage_runner import StageRunner
 from .storage import choose_storage
 
@@ -140,6 +141,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     }
     heartbeat = Heartbeat(redis_client, worker_id, profile, str(root))
     heartbeat.start()
+    reaper = Reaper(runner.store, app, worker_id)
+    reaper.start()
     log.info(
         "worker starting", worker=worker_id, root=str(root), driver=storage.driver, queue=queue_for(platform)
     )
@@ -154,6 +157,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             loglevel=(args.log_level or os.environ.get("FARM_LOG_LEVEL") or "INFO").upper(),
         ).start()
     finally:
+        reaper.stop()
         heartbeat.stop()
         buildah.remove_containers()
         log.info("worker stopped", worker=worker_id)

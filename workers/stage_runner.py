@@ -69,6 +69,9 @@ class StageRunner:
         if decision == StartDecision.SKIP:
             bound.info("stage skipped: its build is no longer running")
             return
+        if decision == StartDecision.HELD:
+            bound.info("stage skipped: a live worker is building it")
+            return
         if decision == StartDecision.ALREADY_DONE:
             # A message delivered again after the stage was built: release
             # the dependants again in case the first delivery died before that.
