@@ -194,8 +194,8 @@ class LocalFarm:
         self._forget(service)
         return True
 
-    def restart_server(self, name: str) -> Service:
-        """Stop the `redis` or `registry` service and start it again on the same port and data.
+    def restart_server(self, name: str, pause: float = 0.0) -> Service:
+        """Stop the `redis` or `registry` service, wait `pause` seconds, and start it on the same port and data.
 
         Redis is started without snapshots, so its data survives only when
         the caller saved it first (`SHUTDOWN SAVE` writes `dump.rdb`, which
@@ -203,15 +203,15 @@ class LocalFarm:
         """
         state = self._require_state()
         service = self._service(name)
+        if name not in ("redis", "registry"):
+            raise FarmError(f"only redis and registry can be restarted, not {name!r}")
+        _terminate([service], timeout=15)
+        time.sleep(pause)
         if name == "redis":
-            _terminate([service], timeout=15)
             port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
             replacement = self._start_redis(port)
-        elif name == "registry":
-            _terminate([service], timeout=15)
-            replacement = self._start_registry(int(state.registry.rsplit(":", 1)[1]))
         else:
-            raise FarmError(f"only redis and registry can be restarted, not {name!r}")
+            replacement = self._start_registry(int(state.registry.rsplit(":", 1)[1]))
         state = self._require_state()
         state.services = [replacement if s.name == name else s for s in state.services]
         self._save(state)

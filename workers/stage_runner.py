@@ -33,6 +33,7 @@ from farm.spec import StageResult, StageSpec
 
 from .buildah import Buildah, BuildahError, BuildOutput
 from .context_cache import ContextCache
+from .outage import push_with_retry, wait_out_outage
 from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
@@ -119,22 +120,28 @@ class StageRunner:
         try:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
-            output = self.buildah.build(
-                dockerfile,
-                context,
-                spec.image,
-                spec.build_args,
-                platform=None if spec.platform == self.native_platform else spec.platform,
-                layer_cache=self.layer_cache,
-                on_line=lambda line: self._record_line(log_key, line),
-            )
+            output = self._build(spec, dockerfile, context, log_key)
+            if not output.ok and wait_out_outage(self.registry):
+                bound.warning("stage failed while the registry was unreachable; building it again")
+                output = self._build(spec, dockerfile, context, log_key)
             if not output.ok:
                 return self._failure(spec, output)
-            digest = self.buildah.push(spec.image, scratch / "digest")
+            digest = push_with_retry(self.buildah, self.registry, spec.image, scratch / "digest")
             return StageResult(worker=self.worker_id, digest=digest)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self._expire(log_key)
+
+    def _build(self, spec: StageSpec, dockerfile: Path, context: Path, log_key: str) -> BuildOutput:
+        return self.buildah.build(
+            dockerfile,
+            context,
+            spec.image,
+            spec.build_args,
+            platform=None if spec.platform == self.native_platform else spec.platform,
+            layer_cache=self.layer_cache,
+            on_line=lambda line: self._record_line(log_key, line),
+        )
 
     def _record_line(self, log_key: str, line: str) -> None:
         try:
