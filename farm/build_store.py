@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from . import redis_keys as keys
 from .spec import StageResult, StageSpec
@@ -253,8 +254,13 @@ class BuildStore:
         )
 
     def complete(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
-        """Mark a stage done; return the dependants it released, now `queued`."""
-        released = self._complete(
+        """Mark a stage done; return the dependants it released, now `queued`.
+
+        Retried while Redis restarts: a stage built but never recorded
+        would stay `running` under a live worker.
+        """
+        released = _retry_connection(
+            self._complete,
             keys=[
                 keys.states(build_id),
                 keys.build(build_id),
@@ -274,8 +280,9 @@ class BuildStore:
         return [stage.decode() for stage in released]
 
     def fail(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
-        """Mark a stage failed and cancel its descendants; return the stages cancelled."""
-        cancelled = self._fail(
+        """Mark a stage failed and cancel its descendants; return the stages cancelled (retried like `complete`)."""
+        cancelled = _retry_connection(
+            self._fail,
             keys=[
                 keys.states(build_id),
                 keys.build(build_id),
@@ -346,6 +353,21 @@ class BuildStore:
         ]
         names += [key.decode() for key in self.redis.scan_iter(match=keys.pending_prefix(build_id) + "*")]
         return names
+
+
+# How long a worker keeps trying to record a finished stage while Redis is away.
+_RECORD_RETRY_SECONDS = 300
+
+
+def _retry_connection(script, **arguments):
+    """Run a Lua script, again with backoff while Redis is unreachable (running one twice is harmless)."""
+    retrying = Retrying(
+        retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        stop=stop_after_delay(_RECORD_RETRY_SECONDS),
+        reraise=True,
+    )
+    return retrying(script, **arguments)
 
 
 def decode_data(event: Event) -> dict:
