@@ -28,6 +28,7 @@ from farm.stages import default_platform
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .messages import InvalidMessage, stage_message
 from .platforms import emulated_platforms
 from .reaper import Reaper
 from .stage_runner import StageRunner
@@ -122,7 +123,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
-    def build_stage(build_id: str, stage_id: str) -> None:
+    def build_stage(*args, **kwargs) -> None:
+        try:
+            build_id, stage_id = stage_message(args, kwargs)
+        except InvalidMessage as error:
+            log.error("task message rejected", task=BUILD_STAGE_TASK, reason=str(error))
+            return
         runner.run(build_id, stage_id)
 
     profile = {
