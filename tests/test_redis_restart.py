@@ -1,4 +1,4 @@
-"""Redis restarts: with its data kept the batch completes, with its data lost `farm build` says so."""
+"""Redis restarts: with its data kept the batch completes, with its data lost `farm build` reports it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Check stage task messages before a worker acts on them.
 
-Anyone who can write to the farm's Redis can put a message on a queue, so
-a worker builds only messages that match the one shape the producer sends:
-no positional arguments and exactly `build_id` (12 lowercase hex digits,
-as `farm.submit` makes them) and `stage_id` (up to 400 characters, none of them control characters).
-Anything else is rejected and logged, and its message is acknowledged so
-it is not delivered again.
+Anyone who can write to the farm's Redis can put a message on a queue.
+So a worker builds only messages of the one shape the producer sends: no
+positional arguments, and exactly `build_id` (12 lowercase hex digits, as
+`farm.submit` makes them) and `stage_id` (up to 400 characters, no control
+characters). Anything else is rejected and logged, and its message is
+acknowledged so it is not delivered again.
 """
 
 from __future__ import annotations
