@@ -18,26 +18,76 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from . import redis_keys as keys
 from .spec import StageResult, StageSpec
 
-_START = """
+# A stage's holder is stored as JSON {"worker": id, "instance": token} in
+# the global `farm:running` hash. The holder is live while the heartbeat
+# profile `farm:worker:<id>` carries the same instance token, so a worker
+# restarted under the same id does not keep its predecessor's stages alive.
+# NOTE: the scripts read worker profiles by a name built inside the script,
+# which Redis Cluster does not allow; the farm uses one Redis node.
+_HOLDER_ALIVE = """
+local function holder_alive(holder, prefix)
+  if not holder then return false end
+  local ok, parsed = pcall(cjson.decode, holder)
+  if not ok or type(parsed) ~= 'table' or not parsed.worker then return false end
+  local profile = redis.call('GET', prefix .. parsed.worker)
+  if not profile then return false end
+  local ok2, live = pcall(cjson.decode, profile)
+  return ok2 and type(live) == 'table' and live.instance == parsed.instance
+end
+"""
+
+_START = (
+    _HOLDER_ALIVE
+    + """
 local status = redis.call('HGET', KEYS[2], 'status')
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if state == 'done' then return 2 end
 if status ~= 'running' then return 0 end
+if state == 'failed' or state == 'cancelled' then return 0 end
+if state == 'running' and holder_alive(redis.call('HGET', KEYS[4], ARGV[3]), ARGV[4]) then return 3 end
+local instance = ''
+local profile = redis.call('GET', KEYS[5])
+if profile then
+  local ok, parsed = pcall(cjson.decode, profile)
+  if ok and type(parsed) == 'table' and parsed.instance then instance = parsed.instance end
+end
 redis.call('HSET', KEYS[1], ARGV[1], 'running')
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], cjson.encode({worker = ARGV[2], instance = instance}))
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'type', 'started', 'stage', ARGV[1], 'worker', ARGV[2])
 return 1
 """
+)
+
+# Move a stage whose holder is no longer live back to `queued`, unless it
+# finished or another worker took it over since the reaper looked.
+_REQUEUE = (
+    _HOLDER_ALIVE
+    + """
+local holder = redis.call('HGET', KEYS[3], ARGV[2])
+if holder ~= ARGV[3] then return 0 end
+if holder_alive(holder, ARGV[4]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[2])
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'queued')
+local worker = cjson.decode(holder).worker
+redis.call('XADD', KEYS[4], '*', 'type', 'requeued', 'stage', ARGV[1], 'worker', worker)
+return 1
+"""
+)
 
 # A stage delivered again after it was done is completed again (to release
 # its dependants) but counted once.
 _COMPLETE = """
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], 'done')
+redis.call('HDEL', KEYS[6], ARGV[6])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 if before ~= 'done' then
   redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'stages_cached' or 'stages_built', 1)
@@ -48,7 +98,7 @@ if ARGV[4] == '1' then
 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {} end
 local released = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local dependant = ARGV[i]
   local pending = ARGV[3] .. dependant
   redis.call('SREM', pending, ARGV[1])
@@ -69,10 +119,11 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'failed' then
   redis.call('HINCRBY', KEYS[5], 'stages_failed', 1)
 end
 redis.call('HSET', KEYS[1], ARGV[1], 'failed')
+redis.call('HDEL', KEYS[6], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'type', 'failed', 'stage', ARGV[1], 'data', ARGV[2])
 local cancelled = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local state = redis.call('HGET', KEYS[1], ARGV[i])
   if state == 'waiting' or state == 'queued' then
     redis.call('HSET', KEYS[1], ARGV[i], 'cancelled')
@@ -119,6 +170,7 @@ return {1, 'running', encoded_cancelled, encoded_running}
 _STOPPED = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], 'cancelled')
+redis.call('HDEL', KEYS[4], ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'stages_cancelled', 1)
 redis.call('XADD', KEYS[2], '*', 'type', 'stage-stopped', 'stage', ARGV[1], 'worker', ARGV[2])
 return 1
@@ -158,6 +210,23 @@ class StartDecision:
     SKIP = 0
     BUILD = 1
     ALREADY_DONE = 2
+    # Another worker, still live, is building the stage: a second delivery
+    # of its message (for example after Redis's visibility timeout) must
+    # not start it twice.
+    HELD = 3
+
+
+@dataclass(frozen=True)
+class RunningStage:
+    """A stage marked running, and the worker process that holds it."""
+
+    build_id: str
+    stage_id: str
+    holder: str
+
+    @property
+    def worker(self) -> str:
+        return json.loads(self.holder).get("worker", "?")
 
 
 class BuildStore:
@@ -170,6 +239,7 @@ class BuildStore:
         self._fail = client.register_script(_FAIL)
         self._cancel = client.register_script(_CANCEL)
         self._stopped = client.register_script(_STOPPED)
+        self._requeue = client.register_script(_REQUEUE)
 
     def create(
         self,
@@ -246,7 +316,11 @@ class BuildStore:
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def start(self, build_id: str, stage_id: str, worker_id: str) -> int:
-        """Mark a stage running on `worker_id`; return a `StartDecision` value."""
+        """Mark a stage running on `worker_id`; return a `StartDecision` value.
+
+        The holder recorded is the worker's current process, identified by
+        the instance token of its heartbeat profile.
+        """
         run = json.dumps({"worker": worker_id, "started": time.time()})
         return int(
             self._start(
@@ -254,21 +328,29 @@ class BuildStore:
                     keys.states(build_id),
                     keys.build(build_id),
                     keys.events(build_id),
+                    keys.running(),
+                    keys.worker(worker_id),
                     keys.runs(build_id),
                 ],
-                args=[stage_id, worker_id, run],
+                args=[stage_id, worker_id, keys.running_field(build_id, stage_id), keys.worker(""), run],
             )
         )
 
     def complete(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
-        """Mark a stage done; return the dependants it released, now `queued`."""
-        released = self._complete(
+        """Mark a stage done; return the dependants it released, now `queued`.
+
+        Retried while Redis restarts: a stage built but never recorded
+        would stay `running` under a live worker.
+        """
+        released = _retry_connection(
+            self._complete,
             keys=[
                 keys.states(build_id),
                 keys.build(build_id),
                 keys.results(build_id),
                 keys.events(build_id),
                 keys.stats(),
+                keys.running(),
             ],
             args=[
                 spec.id,
@@ -276,22 +358,25 @@ class BuildStore:
                 keys.pending_prefix(build_id),
                 "1" if spec.is_target else "0",
                 "1" if result.cached else "0",
+                keys.running_field(build_id, spec.id),
                 *spec.dependants,
             ],
         )
         return [stage.decode() for stage in released]
 
     def fail(self, build_id: str, spec: StageSpec, result: StageResult) -> list[str]:
-        """Mark a stage failed and cancel its descendants; return the stages cancelled."""
-        cancelled = self._fail(
+        """Mark a stage failed and cancel its descendants; return the stages cancelled (retried like `complete`)."""
+        cancelled = _retry_connection(
+            self._fail,
             keys=[
                 keys.states(build_id),
                 keys.build(build_id),
                 keys.results(build_id),
                 keys.events(build_id),
                 keys.stats(),
+                keys.running(),
             ],
-            args=[spec.id, result.to_json(), *spec.descendants],
+            args=[spec.id, result.to_json(), keys.running_field(build_id, spec.id), *spec.descendants],
         )
         return [stage.decode() for stage in cancelled]
 
@@ -312,8 +397,8 @@ class BuildStore:
         """Mark a running stage of a cancelled build cancelled; return whether it was running."""
         return bool(
             self._stopped(
-                keys=[keys.states(build_id), keys.events(build_id), keys.stats()],
-                args=[stage_id, worker_id],
+                keys=[keys.states(build_id), keys.events(build_id), keys.stats(), keys.running()],
+                args=[stage_id, worker_id, keys.running_field(build_id, stage_id)],
             )
         )
 
@@ -328,6 +413,35 @@ class BuildStore:
         for key in self._build_keys(build_id):
             pipe.expire(key, keys.BUILD_TTL_SECONDS)
         pipe.execute()
+
+    def running_stages(self) -> list[RunningStage]:
+        """Return every stage marked running, in any build, with its holder."""
+        stages = []
+        for field, holder in self.redis.hgetall(keys.running()).items():
+            build_id, _, stage_id = field.decode().partition("/")
+            stages.append(RunningStage(build_id, stage_id, holder.decode()))
+        return stages
+
+    def requeue_orphan(self, stage: RunningStage) -> bool:
+        """Move `stage` back to `queued` if its holder is not live; return whether it moved.
+
+        The caller sends the stage's message again when this returns True.
+        """
+        moved = self._requeue(
+            keys=[
+                keys.states(stage.build_id),
+                keys.build(stage.build_id),
+                keys.running(),
+                keys.events(stage.build_id),
+            ],
+            args=[
+                stage.stage_id,
+                keys.running_field(stage.build_id, stage.stage_id),
+                stage.holder,
+                keys.worker(""),
+            ],
+        )
+        return bool(moved)
 
     def finish(self, build_id: str, status: str, **fields: str) -> None:
         """Record the end of a build and let its keys expire."""
@@ -361,6 +475,21 @@ class BuildStore:
         names += [key.decode() for key in self.redis.scan_iter(match=keys.pending_prefix(build_id) + "*")]
         names += [key.decode() for key in self.redis.scan_iter(match=keys.stage_log(build_id, "*"))]
         return names
+
+
+# How long a worker keeps trying to record a finished stage while Redis is away.
+_RECORD_RETRY_SECONDS = 300
+
+
+def _retry_connection(script, **arguments):
+    """Run a Lua script, again with backoff while Redis is unreachable (running one twice is harmless)."""
+    retrying = Retrying(
+        retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        stop=stop_after_delay(_RECORD_RETRY_SECONDS),
+        reraise=True,
+    )
+    return retrying(script, **arguments)
 
 
 def decode_data(event: Event) -> dict:

@@ -5,6 +5,10 @@ message is acknowledged only after the stage finished (`acks_late`), it
 goes back to the queue when the worker process dies
 (`reject_on_worker_lost`), and a worker reserves one stage at a time
 (prefetch 1), so a long stage never holds others hostage.
+
+Redis gives an unacknowledged message to another worker only after the
+visibility timeout; the reaper in each worker re-queues a dead worker's
+stage much sooner (workers/reaper.py).
 """
 
 from __future__ import annotations
@@ -45,7 +49,17 @@ def create_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"socket_connect_timeout": 5},
+        broker_transport_options={
+            "socket_connect_timeout": 5,
+            # A running stage is never started twice when this expires: the
+            # second delivery finds the stage held by a live worker and skips.
+            "visibility_timeout": settings.visibility_timeout,
+            # Kombu looks for expired messages every interval times throttle
+            # seconds (100 s by default); a short visibility timeout needs a
+            # shorter sweep to take effect. One sweep is one indexed ZRANGE.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 3)),
+            "unacked_restore_throttle": 1,
+        },
         task_default_queue=queue_for("linux/amd64"),
     )
     return app

@@ -10,6 +10,7 @@
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
 | `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip`, `zstd` or `none` | `gzip` |
 | `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
+| `FARM_VISIBILITY_TIMEOUT` | seconds before Redis gives an unacknowledged stage message to another worker | `3600` |
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from .errors import FarmError
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_NAMESPACE = "farm"
+# Kombu's own default. Lost workers are handled sooner by the reaper
+# (workers/reaper.py); this only bounds how long a message lost between
+# delivery and the stage's start waits.
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 
 _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
@@ -39,6 +44,7 @@ class Settings:
     layer_cache: bool = True
     locality: bool = True
     push_compression: str = "gzip"
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -55,6 +61,7 @@ class Settings:
             layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
             locality=_flag(env.get("FARM_LOCALITY"), True),
             push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd", "none"), "gzip"),
+            visibility_timeout=_seconds(env, "FARM_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_SECONDS),
         )
 
     @property
@@ -100,3 +107,16 @@ def _flag(value: str | None, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _seconds(env, name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise FarmError(f"{name}={value!r} is not a whole number of seconds") from None
+    if seconds <= 0:
+        raise FarmError(f"{name}={value!r} must be a positive number of seconds")
+    return seconds

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import redis
 import structlog
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +31,9 @@ from .tags import write_tags
 
 log = structlog.get_logger(__name__)
 
+# `farm build` waits this long for Redis to come back before it gives up.
+_REDIS_OUTAGE_SECONDS = 300.0
+_REDIS_RETRY_MAX_PAUSE_SECONDS = 5.0
 # After this long without an event, the command prints the stages it still waits for.
 _QUIET_NOTICE_SECONDS = 30.0
 # Tags of several finished entries are written in parallel: each is a few
@@ -82,6 +86,7 @@ class BuildFollower:
         self.outcome = BuildOutcome(build.build_id, {name: EntryOutcome(name) for name in build.entries})
         self._built_units: dict[tuple[str, str], str] = {}
         self._ready: list[str] = []
+        self._outage = RedisOutage(settings.redis_address)
 
     def follow(self) -> BuildOutcome:
         """Print events until every entry has ended; return the outcome."""
@@ -89,16 +94,20 @@ class BuildFollower:
         last_event_at = time.monotonic()
         with connect_registry(self.settings) as registry:
             while not self._all_ended():
-                received = False
-                for event in self.store.events(self.build.build_id, last_id):
-                    received = True
-                    last_id = event.id
-                    self._handle(event)
-                self._finish_ready(registry)
-                if received:
-                    last_event_at = time.monotonic()
-                else:
-                    self._check_alive(last_event_at)
+                try:
+                    received = False
+                    for event in self.store.events(self.build.build_id, last_id):
+                        received = True
+                        last_id = event.id
+                        self._handle(event)
+                    self._finish_ready(registry)
+                    if received:
+                        last_event_at = time.monotonic()
+                    else:
+                        self._check_alive(last_event_at)
+                    self._outage.end(self.console)
+                except (redis.ConnectionError, redis.TimeoutError) as error:
+                    self._outage.wait(self.console, error)
 
         status = (
             "succeeded" if self.outcome.succeeded else "cancelled" if self.outcome.cancelled else "failed"
@@ -234,3 +243,38 @@ class BuildFollower:
             self.console.print(
                 f"[dim]still waiting for {', '.join(waiting) or 'the build'} ({quiet:.0f} s)[/]"
             )
+
+
+class RedisOutage:
+    """Tracks a lost Redis connection while following: says so once, waits with backoff, gives up late.
+
+    The build's state stays in Redis, so after a restart that kept its
+    data the follower reads on from the last event it printed.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.since: float | None = None
+        self.pause = 0.5
+
+    def wait(self, console: Console, error: Exception) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            console.print(f"[yellow]lost connection to Redis at {escape(self.address)}; reconnecting[/]")
+            log.warning("redis connection lost while following", redis=self.address, error=str(error))
+        if now - self.since > _REDIS_OUTAGE_SECONDS:
+            raise FarmError(
+                f"Redis at {self.address} unreachable for {_REDIS_OUTAGE_SECONDS:.0f} s ({error}); "
+                "the build may still run: submit it again once Redis is back, and stages already "
+                "in the registry are reused"
+            )
+        time.sleep(self.pause)
+        self.pause = min(self.pause * 2, _REDIS_RETRY_MAX_PAUSE_SECONDS)
+
+    def end(self, console: Console) -> None:
+        if self.since is None:
+            return
+        console.print(f"[green]reconnected to Redis at {escape(self.address)}[/]")
+        self.since = None
+        self.pause = 0.5

@@ -186,6 +186,59 @@ class LocalFarm:
         state.services.remove(service)
         self._save(state)
 
+    def signal_service(self, name: str, signum: int, group: bool = False) -> Service:
+        """Send `signum` to one recorded service (its whole process group when `group`).
+
+        Used to simulate faults: SIGKILL to a worker's group is a host that
+        loses power mid-stage, SIGTERM to its main process a warm shutdown.
+        """
+        service = self._service(name)
+        if _alive(service):
+            if group:
+                os.killpg(service.pid, signum)
+            else:
+                os.kill(service.pid, signum)
+        return service
+
+    def wait_stopped(self, name: str, timeout: float = 120) -> bool:
+        """Wait until a recorded service has exited; drop it from the state and return True if it did."""
+        service = self._service(name)
+        deadline = time.monotonic() + timeout
+        while _alive(service) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(service):
+            return False
+        _reap(service.pid)
+        self._forget(service)
+        return True
+
+    def restart_server(self, name: str, pause: float = 0.0) -> Service:
+        """Stop the `redis` or `registry` service, wait `pause` seconds, and start it on the same port and data.
+
+        Redis is started without snapshots, so its data survives only when
+        the caller saved it first (`SHUTDOWN SAVE` writes `dump.rdb`, which
+        Redis loads again at start).
+        """
+        state = self._require_state()
+        service = self._service(name)
+        if name not in ("redis", "registry"):
+            raise FarmError(f"only redis and registry can be restarted, not {name!r}")
+        _terminate([service], timeout=15)
+        time.sleep(pause)
+        if name == "redis":
+            port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
+            replacement = self._start_redis(port)
+        else:
+            replacement = self._start_registry(int(state.registry.rsplit(":", 1)[1]))
+        state = self._require_state()
+        state.services = [replacement if s.name == name else s for s in state.services]
+        self._save(state)
+        if name == "redis":
+            _wait_for_redis(state.redis_url)
+        else:
+            _wait_for_registry(state.registry)
+        return replacement
+
     def stop(self) -> None:
         """Stop every service of the farm, workers first, and forget its state."""
         state = self.load()
@@ -211,6 +264,23 @@ class LocalFarm:
         return LocalFarmState(**data, services=services)
 
     # Internals
+
+    def _require_state(self) -> LocalFarmState:
+        state = self.load()
+        if state is None:
+            raise FarmError(f"no local farm runs from {self.directory}; start one with: farm local up")
+        return state
+
+    def _service(self, name: str) -> Service:
+        service = next((s for s in self._require_state().services if s.name == name), None)
+        if service is None:
+            raise FarmError(f"no service {name!r} in the local farm at {self.directory}")
+        return service
+
+    def _forget(self, service: Service) -> None:
+        state = self._require_state()
+        state.services = [s for s in state.services if s.pid != service.pid]
+        self._save(state)
 
     def _start_redis(self, port: int) -> Service:
         data = self.directory / "redis"

@@ -16,13 +16,17 @@ Per build `<id>`:
 Per content key `<key>`: `farm:stage-lock:<key>` (string, the holder,
 expires unless renewed), so concurrent builds build a stage once.
 
-Per worker `<id>`: `farm:worker:<id>` (string, JSON profile, expires
-unless the worker renews it). Celery's own queues are `farm.stages.<platform>`.
+Per worker `<id>`: `farm:worker:<id>` (string, JSON profile with the
+process's instance token, expires unless the worker renews it). Celery's
+own queues are `farm.stages.<platform>` (see `farm.celery_app`).
 
 Across builds: `farm:builds` (sorted set, build id scored by its creation
-time, for `farm status`) and `farm:stats` (hash of counters since Redis
+time, for `farm status`), `farm:stats` (hash of counters since Redis
 was created: builds_submitted, builds_cancelled, stages_built,
-stages_cached, stages_failed, stages_cancelled; read by `farm metrics`).
+stages_cached, stages_failed, stages_cancelled; read by `farm metrics`),
+and `farm:running` (hash, `<build id>/<stage id>` -> holder as JSON
+`{"worker", "instance"}`): the stages being built and by which worker
+process, so a live worker re-queues the stages of a dead one.
 """
 
 from __future__ import annotations
@@ -78,6 +82,15 @@ def stats() -> str:
 
 def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def running() -> str:
+    """Return the hash of every stage marked running, with the worker process that holds it."""
+    return f"{PREFIX}:running"
+
+
+def running_field(build_id: str, stage_id: str) -> str:
+    return f"{build_id}/{stage_id}"
 
 
 def worker_pattern() -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 
 from .errors import RegistryError, RegistryUnavailable
+from .retry import retry_seconds as default_retry_seconds
+from .retry import retry_unavailable
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -80,8 +82,18 @@ def image_index(images: dict[str, Manifest]) -> Manifest:
 class RegistryClient:
     """Blob and manifest operations against one registry (`host:port`)."""
 
-    def __init__(self, registry: str, *, insecure: bool = True, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        registry: str,
+        *,
+        insecure: bool = True,
+        timeout: float = 30.0,
+        retry_seconds: float | None = None,
+    ) -> None:
         self.registry = registry
+        # Operations other than `ping` are retried with backoff while the
+        # registry is unreachable (farm/retry.py).
+        self.retry_seconds = default_retry_seconds() if retry_seconds is None else retry_seconds
         scheme = "http" if insecure else "https"
         # The transport retries failed connection attempts only; HTTP errors
         # come back to the caller unchanged.
@@ -114,10 +126,12 @@ class RegistryClient:
 
     # Blobs
 
+    @retry_unavailable
     def blob_exists(self, repository: str, digest: str) -> bool:
         response = self._request("HEAD", f"/v2/{repository}/blobs/{digest}")
         return response.status_code == 200
 
+    @retry_unavailable
     def push_blob(self, repository: str, path: Path, digest: str | None = None) -> str:
         """Upload the file at `path` as a blob unless it is already there; return its digest."""
         digest = digest or file_digest(path)
@@ -135,6 +149,7 @@ class RegistryClient:
         self._expect(response, (201,), f"upload of blob {digest} to {repository}")
         return digest
 
+    @retry_unavailable
     def push_blob_bytes(self, repository: str, data: bytes) -> str:
         """Upload `data` as a blob unless it is already there; return its digest."""
         digest = sha256_digest(data)
@@ -150,6 +165,7 @@ class RegistryClient:
         self._expect(response, (201,), f"upload of blob {digest} to {repository}")
         return digest
 
+    @retry_unavailable
     def fetch_blob(self, repository: str, digest: str, destination: Path) -> None:
         """Download a blob to `destination`, checking its digest on the way."""
         hasher = hashlib.sha256()
@@ -171,6 +187,7 @@ class RegistryClient:
             raise RegistryError(f"blob {digest} from {self.registry}/{repository} has digest {actual}")
         partial.rename(destination)
 
+    @retry_unavailable
     def mount_blob(self, repository: str, digest: str, source_repository: str) -> None:
         """Link an existing blob of `source_repository` into `repository` without copying it."""
         response = self._request(
@@ -187,6 +204,7 @@ class RegistryClient:
 
     # Manifests
 
+    @retry_unavailable
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """Return the digest of `repository:reference` from a HEAD request, or None when absent."""
         response = self._request(
@@ -197,6 +215,7 @@ class RegistryClient:
         self._expect(response, (200,), f"manifest {repository}:{reference}")
         return response.headers.get("Docker-Content-Digest")
 
+    @retry_unavailable
     def get_manifest(self, repository: str, reference: str) -> Manifest | None:
         """Return the manifest of `repository:reference`, or None when there is none."""
         response = self._request(
@@ -211,6 +230,7 @@ class RegistryClient:
         digest = response.headers.get("Docker-Content-Digest") or sha256_digest(response.content)
         return Manifest(media_type, response.content, digest)
 
+    @retry_unavailable
     def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
         """Store `manifest` under `repository:reference` and return its digest."""
         response = self._request(

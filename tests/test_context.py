@@ -94,3 +94,19 @@ def test_unpack_refuses_paths_outside(tmp_path: Path, name: str) -> None:
         tar.addfile(member, io.BytesIO(b"evil"))
     with pytest.raises(ContextError, match="refusing context archive"):
         unpack_context(archive, tmp_path / "out")
+
+
+def test_dockerignore_excluded_copy_source(farm, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY secret.txt /app/\n")
+    (tmp_path / "secret.txt").write_text("kept out\n")
+    (tmp_path / ".dockerignore").write_text("# local files\n*.txt\n")
+    before = set(farm.redis.scan_iter(match="farm:build:*"))
+
+    result = farm.cli("build", str(tmp_path))
+
+    assert result.returncode != 0
+    assert f"{tmp_path / 'Dockerfile'}:2:" in result.stderr
+    assert "'secret.txt' not found in the build context" in result.stderr
+    assert "excluded by .dockerignore line 2 ('*.txt')" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert set(farm.redis.scan_iter(match="farm:build:*")) == before

@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 _STEP = re.compile(r"^(?:\[\d+/\d+\] )?STEP (\d+)/(\d+): (.*)$")
 _OUTPUT_LINES_KEPT = 400
+_TRANSIENT_MARKERS = ("sealing memfd copy",)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,18 @@ class BuildOutput:
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def transient_error(self) -> str | None:
+        """Return the output line of a known transient Buildah failure, worth one more try, or None.
+
+        Seen with Buildah 1.28 and chroot isolation on a loaded host:
+        "Close_Fd sealing memfd copy: Device or resource busy" before a RUN.
+        """
+        for line in self.lines:
+            if any(marker in line for marker in _TRANSIENT_MARKERS):
+                return line
+        return None
 
     @property
     def error_line(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 
@@ -20,7 +21,12 @@ EXPIRY_SECONDS = 15
 
 
 class Heartbeat:
-    """Publishes `profile` under `farm:worker:<id>` every few seconds, from a thread."""
+    """Publishes `profile` under `farm:worker:<id>` every few seconds, from a thread.
+
+    The profile carries an `instance` token new to each process, so a stage
+    recorded as held by this process is known to be orphaned once the
+    process is gone, even if a worker with the same id starts again.
+    """
 
     def __init__(
         self,
@@ -35,7 +41,7 @@ class Heartbeat:
         self.interval = interval
         self.expiry = expiry
         self.worker_id = worker_id
-        self.profile = profile
+        self.profile = {**profile, "instance": secrets.token_hex(8)}
         self.disk_path = disk_path
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)

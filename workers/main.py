@@ -32,11 +32,13 @@ from farm.stages import default_platform
 from .buildah import Buildah
 from .context_cache import ContextCache
 from .heartbeat import Heartbeat
+from .messages import InvalidMessage, stage_message
 from .metrics import serve_metrics
 from .modes import make_buildah
 from .platforms import emulated_platforms
 from .probe import HostProfile, probe_host
 from .proof import choose
+from .reaper import Reaper
 from .report import format_probe, probe_json
 from .selection import Candidate, Selection, SelectionError, select_candidates
 from .stage_runner import StageRunner
@@ -202,13 +204,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     queues.append(worker_queue(worker_id))
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
-    def build_stage(build_id: str, stage_id: str) -> None:
+    def build_stage(*args, **kwargs) -> None:
+        try:
+            build_id, stage_id = stage_message(args, kwargs)
+        except InvalidMessage as error:
+            log.error("task message rejected", task=BUILD_STAGE_TASK, reason=str(error))
+            return
         runner.run(build_id, stage_id)
 
     published = worker_profile(worker_id, profile, candidate, platform, emulated, args)
     serve_metrics(published, root)
     heartbeat = Heartbeat(redis_client, worker_id, published, str(root))
     heartbeat.start()
+    reaper = Reaper(runner.store, app, worker_id)
+    reaper.start()
     log.info(
         "worker starting",
         worker=worker_id,
@@ -227,6 +236,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             loglevel=(args.log_level or os.environ.get("FARM_LOG_LEVEL") or "INFO").upper(),
         ).start()
     finally:
+        reaper.stop()
         heartbeat.stop()
         buildah.remove_containers()
         log.info("worker stopped", worker=worker_id)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import threading
 
 import redis
+import structlog
 
 from farm import redis_keys as keys
+
+log = structlog.get_logger(__name__)
 
 LOCK_SECONDS = 30
 
@@ -53,7 +56,12 @@ class StageLock:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        self._release(keys=[self.name], args=[self.holder])
+        try:
+            self._release(keys=[self.name], args=[self.holder])
+        except redis.RedisError as error:
+            # Redis may be restarting; the lock expires within LOCK_SECONDS
+            # anyway, and the stage's result must still be recorded.
+            log.warning("stage lock not released; it expires by itself", lock=self.name, error=str(error))
 
     def _keep(self) -> None:
         while not self._stop.wait(LOCK_SECONDS / 3):

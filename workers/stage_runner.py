@@ -39,6 +39,7 @@ from . import metrics
 from .buildah import Buildah, BuildahError, BuildOutput
 from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
+from .outage import push_with_retry, wait_out_outage
 from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,9 @@ class StageRunner:
         decision = self.store.start(build_id, spec.id, self.worker_id)
         if decision == StartDecision.SKIP:
             log.info("stage skipped: its build is no longer running")
+            return
+        if decision == StartDecision.HELD:
+            log.info("stage skipped: a live worker is building it")
             return
         if decision == StartDecision.ALREADY_DONE:
             # A message delivered again after the stage was built: release
@@ -153,25 +157,41 @@ class StageRunner:
         try:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
-            output = self.buildah.build(
-                dockerfile,
-                context,
-                spec.image,
-                spec.build_args,
-                platform=None if spec.platform == self.native_platform else spec.platform,
-                layer_cache=self.layer_cache,
-                on_line=lambda line: self._record_line(log_key, line),
-                on_start=watch.attach,
-            )
+            output = self._build(spec, dockerfile, context, log_key, watch)
+            if not output.ok and wait_out_outage(self.registry):
+                log.warning("stage failed while the registry was unreachable; building it again")
+                output = self._build(spec, dockerfile, context, log_key, watch)
+            elif not output.ok and output.transient_error:
+                log.warning(
+                    "stage failed with a transient Buildah error; building it again",
+                    error=output.transient_error,
+                )
+                output = self._build(spec, dockerfile, context, log_key, watch)
             if not output.ok:
                 return self._failure(spec, output)
             push_started = time.monotonic()
-            digest = self.buildah.push(spec.image, scratch / "digest", self.push_compression)
+            digest = push_with_retry(
+                self.buildah, self.registry, spec.image, scratch / "digest", self.push_compression
+            )
             push_seconds = round(time.monotonic() - push_started, 3)
             return StageResult(worker=self.worker_id, digest=digest, push_seconds=push_seconds)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self._expire(log_key)
+
+    def _build(
+        self, spec: StageSpec, dockerfile: Path, context: Path, log_key: str, watch: CancelWatch
+    ) -> BuildOutput:
+        return self.buildah.build(
+            dockerfile,
+            context,
+            spec.image,
+            spec.build_args,
+            platform=None if spec.platform == self.native_platform else spec.platform,
+            layer_cache=self.layer_cache,
+            on_line=lambda line: self._record_line(log_key, line),
+            on_start=watch.attach,
+        )
 
     def _record_line(self, log_key: str, line: str) -> None:
         try:
