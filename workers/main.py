@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from farm.build_store import BuildStore
+from farm.buildah_support import builds_mount_from
 from farm.celery_app import BUILD_STAGE_TASK, create_app, queue_for, worker_queue
 from farm.config import Settings
 from farm.connections import connect_redis, connect_registry
@@ -196,10 +197,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         platforms=[platform, *emulated_platforms(platform)],
         locality=settings.locality,
         push_compression=settings.push_compression,
+        builds_mount_from=builds_mount_from(profile.buildah_version),
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
     queues.append(worker_queue(worker_id))
+    if builds_mount_from(profile.buildah_version):
+        queues += [queue_for(p, mount_from=True) for p in [platform, *emulated]]
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
     def build_stage(build_id: str, stage_id: str) -> None:
