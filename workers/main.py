@@ -103,6 +103,8 @@ def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
     """Return the worker id and root; a generated name is kept in the root so the id is stable."""
     host = socket.gethostname()
     default_root = _default_root()
+    # Buildah, runc and the probe's container bundle need absolute paths.
+    root = root.resolve() if root else None
     if name:
         root = root or default_root / name
         return f"{host}-{name}", root
