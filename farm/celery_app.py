@@ -21,14 +21,18 @@ BUILD_STAGE_TASK = "farm.build_stage"
 QUEUE_PREFIX = "farm.stages."
 
 
-def queue_for(platform: str, native: bool = False) -> str:
+def queue_for(platform: str, native: bool = False, mount_from: bool = False) -> str:
     """Return the Celery queue for stages of `platform`.
 
     Every worker that builds `platform` serves its shared queue; workers
     that build it natively (not under emulation) also serve the `native`
-    queue, which the producer uses while such a worker is live.
+    queue, which the producer uses while such a worker is live. Workers
+    whose Buildah builds `RUN --mount ... from=` correctly also serve the
+    `mount-from` queue, for the stages that have such a step.
     """
     queue = QUEUE_PREFIX + platform.replace("/", "-")
+    if mount_from:
+        return queue + ".mount-from"
     return queue + ".native" if native else queue
 
 

@@ -7,8 +7,10 @@ import json
 import redis
 
 from . import redis_keys as keys
+from .buildah_support import builds_mount_from
 from .celery_app import queue_for
 from .errors import FarmError
+from .spec import StageSpec
 
 
 def live_workers(client: redis.Redis) -> list[dict]:
@@ -55,3 +57,31 @@ def route_platform(client: redis.Redis, platform: str) -> str:
         if platform in native:
             return queue_for(platform, native=True)
     return queue_for(platform)
+
+
+def route_stage(client: redis.Redis, spec: StageSpec) -> str:
+    """Return the queue for `spec`: the `mount-from` queue when it needs that, else by platform."""
+    if spec.mount_from_line is not None:
+        return queue_for(spec.platform, mount_from=True)
+    return route_platform(client, spec.platform)
+
+
+def require_mount_from(client: redis.Redis, specs: list[StageSpec]) -> None:
+    """Raise FarmError, naming the line, when no live worker can build a stage's `RUN --mount from=`."""
+    needing = [spec for spec in specs if spec.mount_from_line is not None]
+    if not needing:
+        return
+    workers = live_workers(client)
+    for spec in needing:
+        able = [
+            w
+            for w in workers
+            if spec.platform in w.get("platforms", []) and builds_mount_from(w.get("buildah"))
+        ]
+        if not able:
+            versions = sorted({str(w.get("buildah")) for w in workers}) or ["none live"]
+            raise FarmError(
+                f"{spec.source_path}:{spec.mount_from_line}: RUN --mount with from= needs a worker whose "
+                f"Buildah is newer than 1.28 (1.28 drops the files such a step writes); the live workers "
+                f"run Buildah {', '.join(versions)}"
+            )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .buildah_support import mount_from_line
 from .config import Settings
 from .content_key import context_files, stage_key, visible_build_args
 from .context import PackedContext
@@ -151,6 +152,7 @@ class StageGraphBuilder:
             from_line=stage.from_instruction.line,
             stage=stage.id,
             parent=nodes[stage.base_stage] if stage.base_stage is not None else None,
+            mount_from_line=mount_from_line(rendered.dockerfile, rendered.step_lines),
         )
 
     def _base_digest(self, stage: Stage, graph: StageGraph) -> str | None:

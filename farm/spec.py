@@ -16,6 +16,8 @@ class StageSpec:
     pushed to; `step_lines` maps each build step (FROM first) to its line
     in the user's Dockerfile. `descendants` are cancelled when it fails.
     `parent` is the stage it starts `FROM`, when that is a stage.
+    `mount_from_line` is the line of its first `RUN --mount ... from=`,
+    which only some Buildah releases build correctly.
     """
 
     id: str
@@ -35,6 +37,7 @@ class StageSpec:
     descendants: list[str] = field(default_factory=list)
     is_target: bool = False
     parent: str | None = None
+    mount_from_line: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -24,7 +24,7 @@ from .config import Settings
 from .connections import connect_redis, connect_registry
 from .context import PackedContext, pack_context
 from .errors import FarmError
-from .fleet import require_platforms, route_platform
+from .fleet import require_mount_from, require_platforms, route_stage
 from .graph import StageGraphBuilder
 from .inline_images import plan_inline_images, push_inline_images
 from .plan import Plan, plan_dockerfile
@@ -78,6 +78,7 @@ def submit(entries: list[BuildEntry], settings: Settings, use_cache: bool = True
     require_platforms(redis_client, {unit.platform for unit in units})
     with connect_registry(settings) as registry:
         specs, cached_results = _plan_stages(units, registry, settings, use_cache)
+    require_mount_from(redis_client, [spec for node, spec in specs.items() if node not in cached_results])
 
     build_id = uuid.uuid4().hex[:12]
     record = {
@@ -89,7 +90,7 @@ def submit(entries: list[BuildEntry], settings: Settings, use_cache: bool = True
 
     app = create_app(settings)
     for stage_id in roots:
-        send_stage(app, build_id, stage_id, route_platform(redis_client, specs[stage_id].platform))
+        send_stage(app, build_id, stage_id, route_stage(redis_client, specs[stage_id]))
     log.info(
         "build submitted", build_id=build_id, stages=len(specs), cached=len(cached_results), queued=roots
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from farm.build_store import BuildStore
+from farm.buildah_support import builds_mount_from
 from farm.celery_app import BUILD_STAGE_TASK, create_app, queue_for, worker_queue
 from farm.config import Settings
 from farm.connections import connect_redis, connect_registry
@@ -104,6 +105,8 @@ def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
     """Return the worker id and root; a generated name is kept in the root so the id is stable."""
     host = socket.gethostname()
     default_root = _default_root()
+    # Buildah, runc and the probe's container bundle need absolute paths.
+    root = root.resolve() if root else None
     if name:
         root = root or default_root / name
         return f"{host}-{name}", root
@@ -198,10 +201,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         platforms=[platform, *emulated_platforms(platform)],
         locality=settings.locality,
         push_compression=settings.push_compression,
+        builds_mount_from=builds_mount_from(profile.buildah_version),
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
     queues.append(worker_queue(worker_id))
+    if builds_mount_from(profile.buildah_version):
+        queues += [queue_for(p, mount_from=True) for p in [platform, *emulated]]
 
     @app.task(name=BUILD_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
     def build_stage(*args, **kwargs) -> None:

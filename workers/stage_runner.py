@@ -31,7 +31,7 @@ from farm import redis_keys as keys
 from farm.build_store import BuildStore, StartDecision
 from farm.celery_app import send_stage, worker_queue
 from farm.errors import FarmError
-from farm.fleet import route_platform
+from farm.fleet import route_stage
 from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
@@ -66,6 +66,7 @@ class StageRunner:
     platforms: list[str] = field(default_factory=list)
     locality: bool = True
     push_compression: str = "gzip"
+    builds_mount_from: bool = False
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -94,6 +95,10 @@ class StageRunner:
             self._complete(build_id, spec, result)
             return
 
+        if spec.mount_from_line is not None and not self.builds_mount_from:
+            self._refuse_mount_from(build_id, spec)
+            return
+
         started = time.monotonic()
         with CancelWatch(self.store.redis, build_id) as watch:
             result = self._build_once(build_id, spec, watch)
@@ -109,6 +114,19 @@ class StageRunner:
             cancelled = self.store.fail(build_id, spec, result)
             metrics.STAGES_FAILED.labels(self.worker_id).inc()
             log.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
+
+    def _refuse_mount_from(self, build_id: str, spec: StageSpec) -> None:
+        """Fail a stage this worker's Buildah would build wrongly, rather than push a wrong image."""
+        result = StageResult(
+            worker=self.worker_id,
+            line=spec.mount_from_line,
+            error=(
+                f"worker {self.worker_id} runs Buildah 1.28 or older, which drops the files a "
+                "RUN --mount ... from= step writes; this stage needs a worker with a newer Buildah"
+            ),
+        )
+        cancelled = self.store.fail(build_id, spec, result)
+        log.warning("stage refused: RUN --mount from= needs a newer Buildah", cancelled=cancelled)
 
     def _build_once(self, build_id: str, spec: StageSpec, watch: CancelWatch) -> StageResult:
         """Build the stage unless its key is, or becomes, available from another build."""
@@ -235,6 +253,12 @@ class StageRunner:
         NOTE: a stage sent to a worker's own queue waits there if that
         worker stops before it takes the stage.
         """
-        if self.locality and dependant.parent == finished.id and dependant.platform in self.platforms:
+        able = dependant.mount_from_line is None or self.builds_mount_from
+        if (
+            self.locality
+            and able
+            and dependant.parent == finished.id
+            and dependant.platform in self.platforms
+        ):
             return worker_queue(self.worker_id)
-        return route_platform(self.store.redis, dependant.platform)
+        return route_stage(self.store.redis, dependant)
