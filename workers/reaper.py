@@ -22,7 +22,7 @@ from celery import Celery
 
 from farm.build_store import BuildStore
 from farm.celery_app import send_stage
-from farm.fleet import route_platform
+from farm.fleet import route_stage
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +55,7 @@ class Reaper:
             spec = self.store.spec(stage.build_id, stage.stage_id)
             if spec is None:
                 continue
-            send_stage(
-                self.app, stage.build_id, stage.stage_id, route_platform(self.store.redis, spec.platform)
-            )
+            send_stage(self.app, stage.build_id, stage.stage_id, route_stage(self.store.redis, spec))
             requeued.append(f"{stage.build_id}/{stage.stage_id}")
             log.warning(
                 "stage re-queued: its worker stopped sending heartbeats",
