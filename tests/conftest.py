@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,11 +26,11 @@ class FarmHandle:
 
     directory: Path
     env: dict[str, str]
-    worker_metrics_ports: list[int]
     registry_address: str
     registries_conf: Path
     redis: redis.Redis
     registry: RegistryClient
+    worker_metrics_ports: list[int] = field(default_factory=list)
 
     def cli(
         self, *arguments: str, env: dict[str, str] | None = None, timeout: float = 900
