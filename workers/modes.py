@@ -73,6 +73,10 @@ class DockerLauncher:
 
         `--privileged` is tried first; where the host refuses it, the
         explicit capability flags are used instead and a warning is logged.
+
+        NOTE: `docker pull` uses the Docker daemon's own credentials and CAs
+        (`docker login`, /etc/docker/certs.d), not FARM_REGISTRY_AUTH_FILE or
+        FARM_REGISTRY_CA_FILE; only the Buildah commands in the container get those.
         """
         pulled = _docker(self.docker + ["pull", "--quiet", self.image], timeout=600)
         if pulled.returncode != 0:
