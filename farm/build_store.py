@@ -408,10 +408,11 @@ class BuildStore:
         return value.decode() if value else None
 
     def expire(self, build_id: str) -> None:
-        """Let a finished build's keys expire after `BUILD_TTL_SECONDS`."""
+        """Let a finished build's keys expire after `BUILD_TTL_SECONDS`; delete its secrets now."""
         pipe = self.redis.pipeline(transaction=False)
         for key in self._build_keys(build_id):
             pipe.expire(key, keys.BUILD_TTL_SECONDS)
+        pipe.delete(keys.secrets(build_id))
         pipe.execute()
 
     def running_stages(self) -> list[RunningStage]:
@@ -444,12 +445,13 @@ class BuildStore:
         return bool(moved)
 
     def finish(self, build_id: str, status: str, **fields: str) -> None:
-        """Record the end of a build and let its keys expire."""
+        """Record the end of a build, delete its secrets and let its other keys expire."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.build(build_id), mapping={"status": status, "finished": str(time.time()), **fields})
         pipe.xadd(keys.events(build_id), {"type": status, **fields})
         for key in self._build_keys(build_id):
             pipe.expire(key, keys.BUILD_TTL_SECONDS)
+        pipe.delete(keys.secrets(build_id))
         pipe.execute()
 
     def emit(self, build_id: str, event_type: str, **fields: str) -> None:

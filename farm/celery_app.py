@@ -9,6 +9,10 @@ goes back to the queue when the worker process dies
 Redis gives an unacknowledged message to another worker only after the
 visibility timeout; the reaper in each worker re-queues a dead worker's
 stage much sooner (workers/reaper.py).
+
+A `rediss://` broker URL connects with TLS, using Celery's
+`broker_use_ssl` setting with the same CA and client certificate as the
+farm's own Redis client (farm/connections.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from celery import Celery
 
 from .config import Settings
+from .connections import redis_tls_options
 
 BUILD_STAGE_TASK = "farm.build_stage"
 QUEUE_PREFIX = "farm.stages."
@@ -66,6 +71,9 @@ def create_app(settings: Settings) -> Celery:
         },
         task_default_queue=queue_for("linux/amd64"),
     )
+    tls = redis_tls_options(settings)
+    if tls:
+        app.conf.broker_use_ssl = tls
     return app
 
 

@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="build every stage even when its key is in the registry"
     )
     build.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=ID,src=FILE",
+        help="give RUN --mount=type=secret,id=ID the contents of FILE (or id=ID,env=VAR: of variable VAR); "
+        "sent to the workers encrypted with FARM_SECRET_KEY (repeatable)",
+    )
+    build.add_argument(
         "--json", action="store_true", help="print the result as JSON; progress goes to standard error"
     )
     build.set_defaults(run=_run_build)
@@ -131,6 +139,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    from .build_secrets import parse_secret
     from .build_store import BuildStore
     from .connections import connect_redis
     from .follow import BuildFollower
@@ -139,8 +148,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     entries = _build_entries(args)
+    secrets = [parse_secret(text) for text in args.secret]
     console = Console(highlight=False, soft_wrap=True, stderr=args.json)
-    build = submit(entries, settings, use_cache=not args.no_cache)
+    build = submit(entries, settings, use_cache=not args.no_cache, secrets=secrets)
     console.print(f"build [bold]{build.build_id}[/]: {len(build.specs)} stages, {len(build.cached)} cached")
     outcome = BuildFollower(BuildStore(connect_redis(settings)), build, settings, console).follow()
     if args.json:

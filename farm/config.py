@@ -2,9 +2,15 @@
 
 | variable | meaning | default |
 | --- | --- | --- |
-| `FARM_REDIS_URL` | Redis URL for the Celery broker and the build state | `redis://127.0.0.1:6379/0` |
+| `FARM_REDIS_URL` | Redis URL for the Celery broker and the build state; `rediss://` for TLS | `redis://127.0.0.1:6379/0` |
+| `FARM_REDIS_PASSWORD_FILE` | file whose first line is the Redis password (instead of putting it in the URL) | none |
+| `FARM_REDIS_CA_FILE` | CA certificate (PEM) that signed the Redis server's certificate, for `rediss://` | the system's CAs |
+| `FARM_REDIS_CERT_FILE`, `FARM_REDIS_KEY_FILE` | client certificate and key, for Redis servers that require them | none |
 | `FARM_REGISTRY` | `host:port` of the shared OCI registry | `127.0.0.1:5000` |
 | `FARM_REGISTRY_INSECURE` | `1` for plain HTTP, `0` for HTTPS | `1` for loopback hosts, else `0` |
+| `FARM_REGISTRY_CA_FILE` | CA certificate (PEM) that signed the registry's certificate | the system's CAs |
+| `FARM_REGISTRY_AUTH_FILE` | containers `auth.json` or Docker `config.json` with the registry's credentials | see `farm.credentials` |
+| `FARM_SECRET_KEY`, `FARM_SECRET_KEY_FILE` | Fernet key that encrypts build secrets in Redis (`farm build --secret`) | none |
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
@@ -16,9 +22,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
+from .credentials import auth_file
 from .errors import FarmError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -36,7 +44,8 @@ _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 class Settings:
     """Where the farm's Redis and registry are and how to reach them."""
 
-    redis_url: str = DEFAULT_REDIS_URL
+    # The URL may carry the Redis password, so it stays out of repr().
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     registry: str = DEFAULT_REGISTRY
     registry_insecure: bool = True
     namespace: str = DEFAULT_NAMESPACE
@@ -45,6 +54,12 @@ class Settings:
     locality: bool = True
     push_compression: str = "gzip"
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
+    registry_ca_file: Path | None = None
+    registry_auth_file: Path | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -53,7 +68,7 @@ class Settings:
         registry = env.get("FARM_REGISTRY", DEFAULT_REGISTRY).strip().rstrip("/")
         insecure_default = registry.startswith(_LOOPBACK_HOSTS)
         return cls(
-            redis_url=env.get("FARM_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=_redis_url(env),
             registry=registry,
             registry_insecure=_flag(env.get("FARM_REGISTRY_INSECURE"), insecure_default),
             namespace=env.get("FARM_NAMESPACE", DEFAULT_NAMESPACE).strip("/"),
@@ -62,6 +77,12 @@ class Settings:
             locality=_flag(env.get("FARM_LOCALITY"), True),
             push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd", "none"), "gzip"),
             visibility_timeout=_seconds(env, "FARM_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_SECONDS),
+            redis_ca_file=_file(env, "FARM_REDIS_CA_FILE"),
+            redis_cert_file=_file(env, "FARM_REDIS_CERT_FILE"),
+            redis_key_file=_file(env, "FARM_REDIS_KEY_FILE"),
+            registry_ca_file=_file(env, "FARM_REGISTRY_CA_FILE"),
+            registry_auth_file=auth_file(env),
+            secret_key=_secret_key(env),
         )
 
     @property
@@ -94,6 +115,49 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return parts._replace(netloc=host).geturl()
+
+
+def _redis_url(env) -> str:
+    """Return FARM_REDIS_URL, with the password of FARM_REDIS_PASSWORD_FILE put in when that is set."""
+    url = env.get("FARM_REDIS_URL", DEFAULT_REDIS_URL)
+    password_file = _file(env, "FARM_REDIS_PASSWORD_FILE")
+    if password_file is None:
+        return url
+    password = _first_line(password_file, "FARM_REDIS_PASSWORD_FILE")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = quote(parts.username or "", safe="")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+
+def _secret_key(env) -> str | None:
+    key = env.get("FARM_SECRET_KEY", "").strip()
+    if key:
+        return key
+    key_file = _file(env, "FARM_SECRET_KEY_FILE")
+    return _first_line(key_file, "FARM_SECRET_KEY_FILE") if key_file else None
+
+
+def _file(env, name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FarmError(f"{name}={value}: file not found")
+    return path.resolve()
+
+
+def _first_line(path: Path, name: str) -> str:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise FarmError(f"cannot read {name} {path}: {error.strerror}") from None
+    if not lines or not lines[0].strip():
+        raise FarmError(f"{name} {path} is empty")
+    return lines[0].strip()
 
 
 def _choice(env, name: str, choices: tuple[str, ...], default: str) -> str:

@@ -12,6 +12,7 @@ Per build `<id>`:
 | `farm:build:<id>:runs` | hash | stage id -> the worker that started it and when (JSON: worker, started) |
 | `farm:build:<id>:events` | stream | progress events, read by `farm build` |
 | `farm:build:<id>:log:<stage>` | list | Buildah output lines of the stage, appended while it builds |
+| `farm:build:<id>:secrets` | hash | secret id -> value encrypted with FARM_SECRET_KEY (farm/build_secrets.py); expires |
 
 Per content key `<key>`: `farm:stage-lock:<key>` (string, the holder,
 expires unless renewed), so concurrent builds build a stage once.
@@ -68,6 +69,11 @@ def events(build_id: str) -> str:
 def runs(build_id: str) -> str:
     """Return the hash of which worker started each stage of a build, and when."""
     return f"{build(build_id)}:runs"
+
+
+def secrets(build_id: str) -> str:
+    """Return the hash of a build's encrypted secrets, by secret id."""
+    return f"{build(build_id)}:secrets"
 
 
 def builds() -> str:

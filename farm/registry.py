@@ -4,18 +4,25 @@ The farm stores three things there: stage images (`<namespace>/stages:<key>`),
 build contexts as blobs (`<namespace>/contexts`), and the tags users ask
 for, which are written by copying a stage's manifest (blobs are mounted
 across repositories, so no layer moves).
+
+With credentials, every request carries HTTP basic authentication, which
+the CNCF registry checks against its htpasswd file; a registry that
+sends clients to a token server (`WWW-Authenticate: Bearer`) is not
+supported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from .credentials import Credentials
 from .errors import RegistryError, RegistryUnavailable
 from .retry import retry_seconds as default_retry_seconds
 from .retry import retry_unavailable
@@ -89,6 +96,8 @@ class RegistryClient:
         insecure: bool = True,
         timeout: float = 30.0,
         retry_seconds: float | None = None,
+        ca_file: Path | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.registry = registry
         # Operations other than `ping` are retried with backoff while the
@@ -98,10 +107,14 @@ class RegistryClient:
         # The transport retries failed connection attempts only; HTTP errors
         # come back to the caller unchanged.
         # Loading the CA bundle costs tens of milliseconds, so plain HTTP skips it.
-        transport = httpx.HTTPTransport(
-            retries=3, verify=not insecure, limits=httpx.Limits(max_connections=16)
+        verify: bool | ssl.SSLContext = not insecure
+        if ca_file and not insecure:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        transport = httpx.HTTPTransport(retries=3, verify=verify, limits=httpx.Limits(max_connections=16))
+        auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials else None
+        self._http = httpx.Client(
+            base_url=f"{scheme}://{registry}", timeout=timeout, transport=transport, auth=auth
         )
-        self._http = httpx.Client(base_url=f"{scheme}://{registry}", timeout=timeout, transport=transport)
         self._manifests: dict[tuple[str, str], Manifest] = {}
 
     def close(self) -> None:
@@ -116,10 +129,13 @@ class RegistryClient:
     def ping(self) -> None:
         """Check that the registry answers the distribution API.
 
-        Raises RegistryUnavailable naming the address when it does not.
+        Raises RegistryUnavailable naming the address when it does not, and
+        RegistryError when it requires credentials that are missing or wrong.
         """
         response = self._request("GET", "/v2/")
-        if response.status_code not in (200, 401):
+        if response.status_code == 401:
+            self._expect(response, (200,), "GET /v2/")
+        if response.status_code != 200:
             raise RegistryError(
                 f"{self.registry} is not an OCI registry: GET /v2/ returned HTTP {response.status_code}"
             )
@@ -293,14 +309,18 @@ class RegistryClient:
     def _unavailable(self, error: Exception) -> RegistryUnavailable:
         return RegistryUnavailable(
             f"registry {self.registry} is unreachable ({error.__class__.__name__}: {error}); "
-            "check FARM_REGISTRY and that the registry is running"
+            "check FARM_REGISTRY, FARM_REGISTRY_CA_FILE for HTTPS, and that the registry is running"
         )
 
     def _expect(self, response: httpx.Response, codes: tuple[int, ...], what: str) -> None:
         if response.status_code in codes:
             return
         if response.status_code == 401:
-            raise RegistryError(f"{what} on {self.registry} was refused: authentication required")
+            raise RegistryError(
+                f"{what} on {self.registry} was refused: authentication required or the credentials "
+                "were rejected; check the registry's entry in the auth file (FARM_REGISTRY_AUTH_FILE, "
+                "REGISTRY_AUTH_FILE or ~/.docker/config.json)"
+            )
         detail = ""
         if not response.is_stream_consumed:
             try:

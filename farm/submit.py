@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from .batch import BuildEntry
+from .build_secrets import BuildSecret, seal_secrets, store_secrets
 from .build_store import BuildStore
 from .celery_app import create_app, send_stage
 from .config import Settings
@@ -66,8 +67,14 @@ class SubmittedBuild:
         return [unit for unit in self.units if unit.entry.name == entry]
 
 
-def submit(entries: list[BuildEntry], settings: Settings, use_cache: bool = True) -> SubmittedBuild:
-    """Plan every entry, upload contexts, store the build and queue its first stages."""
+def submit(
+    entries: list[BuildEntry],
+    settings: Settings,
+    use_cache: bool = True,
+    secrets: list[BuildSecret] | None = None,
+) -> SubmittedBuild:
+    """Plan every entry, upload contexts, store the build and its encrypted secrets, and queue its first stages."""
+    sealed = seal_secrets(secrets or [], settings.secret_key)
     units = _plan_units(entries)
     tags = {entry.name: [resolve_tag(tag, settings) for tag in entry.tags] for entry in entries}
     for entry in entries:
@@ -87,6 +94,7 @@ def submit(entries: list[BuildEntry], settings: Settings, use_cache: bool = True
     }
     store = BuildStore(redis_client)
     roots = store.create(build_id, record, list(specs.values()), cached_results)
+    store_secrets(redis_client, build_id, sealed)
 
     app = create_app(settings)
     for stage_id in roots:

@@ -47,11 +47,18 @@ def worker_command(name: str, root: Path, user: str | None) -> list[str]:
 
 
 def start_worker(
-    name: str, root: Path, env: dict[str, str], log: Path, user: str | None = None
+    name: str,
+    root: Path,
+    env: dict[str, str],
+    log: Path,
+    user: str | None = None,
+    client: redis.Redis | None = None,
 ) -> WorkerProcess:
     """Start farm-worker `name` and wait until its heartbeat is in Redis.
 
-    Raises AssertionError with the worker's output when it exits first.
+    `client` reads the heartbeat (default: a client for `FARM_REDIS_URL`,
+    which cannot verify a TLS server against a test CA). Raises
+    AssertionError with the worker's output when it exits first.
     """
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -63,7 +70,7 @@ def start_worker(
             start_new_session=True,
         )
     worker = WorkerProcess(f"{socket.gethostname()}-{name}", process, log)
-    client = redis.Redis.from_url(env["FARM_REDIS_URL"])
+    client = client or redis.Redis.from_url(env["FARM_REDIS_URL"])
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not client.exists(keys.worker(worker.worker_id)):
         if process.poll() is not None:

@@ -95,6 +95,8 @@ class Buildah:
     """Buildah commands bound to one storage configuration, isolation, runtime and network.
 
     `runtime` is None for chroot isolation, which runs no OCI runtime.
+    `registry_flags` (`--authfile`, `--cert-dir`) go to every verb that
+    talks to a registry: `bud` and `push`.
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class Buildah:
         runtime: str | None = None,
         network: str = "host",
         launcher: Launcher | None = None,
+        registry_flags: list[str] | None = None,
     ) -> None:
         self.storage = storage
+        self.registry_flags = list(registry_flags or [])
         self.registries_conf = registries_conf
         self.isolation = isolation
         self.runtime = runtime
@@ -123,21 +127,26 @@ class Buildah:
         layer_cache: str | None = None,
         on_line: Callable[[str], None] | None = None,
         on_start: Callable[[subprocess.Popen], None] | None = None,
+        secrets: dict[str, Path] | None = None,
     ) -> BuildOutput:
         """Build `dockerfile` in `context` and tag the result `image`.
 
         With `layer_cache` (a repository), each step's layer is looked up
         there before it runs and pushed there after, so any worker can
         reuse the steps another one built. `on_start` receives the Buildah
-        process as soon as it runs, so a caller can stop it.
+        process as soon as it runs, so a caller can stop it. `secrets`
+        maps secret ids to the files `RUN --mount=type=secret,id=ID` reads.
         """
-        command = [*self._base(), "bud", *self.isolation_flags(), "-f", str(dockerfile), "-t", image]
+        command = [*self._base(), "bud", *self.isolation_flags(), *self.registry_flags]
+        command += ["-f", str(dockerfile), "-t", image]
         if platform:
             command += ["--platform", platform]
         if layer_cache:
             command += ["--layers", "--cache-from", layer_cache, "--cache-to", layer_cache]
         for name, value in sorted(build_args.items()):
             command += ["--build-arg", f"{name}={value}"]
+        for secret_id, path in sorted((secrets or {}).items()):
+            command += ["--secret", f"id={secret_id},src={path}"]
         command.append(str(context))
         return self._stream(command, on_line, on_start)
 
@@ -155,7 +164,9 @@ class Buildah:
         container engine in use must be able to read what it produces.
         """
         flags = ["--disable-compression"] if compression == "none" else ["--compression-format", compression]
-        self.run("push", *flags, "--digestfile", str(digest_file), image, f"docker://{image}")
+        self.run(
+            "push", *flags, *self.registry_flags, "--digestfile", str(digest_file), image, f"docker://{image}"
+        )
         return digest_file.read_text().strip()
 
     def run(self, *arguments: str, timeout: float = 600) -> str:

@@ -40,6 +40,7 @@ from .platforms import emulated_platforms
 from .probe import HostProfile, probe_host
 from .proof import choose
 from .reaper import Reaper
+from .registry_access import registry_access
 from .report import format_probe, probe_json
 from .selection import Candidate, Selection, SelectionError, select_candidates
 from .stage_runner import StageRunner
@@ -174,10 +175,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     work_dir.mkdir(exist_ok=True)
     contexts = ContextCache(root / "contexts", registry, settings.contexts_repository)
     runner_image = args.runner_image or f"{settings.registry}/{settings.namespace}/runner:latest"
+    access = registry_access(settings, root)
 
     def make(candidate: Candidate) -> Buildah:
-        mounts = [(contexts.directory, False), (work_dir, True)]
-        return make_buildah(candidate, worker_id, root, conf, ["docker"], runner_image, mounts)
+        mounts = [(contexts.directory, False), (work_dir, True), *((path, False) for path in access.paths)]
+        return make_buildah(candidate, worker_id, root, conf, ["docker"], runner_image, mounts, access.flags)
 
     chosen = choose(selection, make, work_dir, base_image)
     if chosen is None:
@@ -202,6 +204,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         locality=settings.locality,
         push_compression=settings.push_compression,
         builds_mount_from=builds_mount_from(profile.buildah_version),
+        secret_key=settings.secret_key,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]

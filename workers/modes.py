@@ -73,6 +73,10 @@ class DockerLauncher:
 
         `--privileged` is tried first; where the host refuses it, the
         explicit capability flags are used instead and a warning is logged.
+
+        NOTE: `docker pull` uses the Docker daemon's own credentials and CAs
+        (`docker login`, /etc/docker/certs.d), not FARM_REGISTRY_AUTH_FILE or
+        FARM_REGISTRY_CA_FILE; only the Buildah commands in the container get those.
         """
         pulled = _docker(self.docker + ["pull", "--quiet", self.image], timeout=600)
         if pulled.returncode != 0:
@@ -126,11 +130,13 @@ def make_buildah(
     docker: list[str],
     runner_image: str,
     mounts: list[tuple[Path, bool]],
+    registry_flags: list[str] | None = None,
 ) -> Buildah:
     """Return the Buildah runner for `candidate`, with the storage root of its driver.
 
-    `mounts` lists the host directories (and whether they are writable)
-    that Buildah reads or writes in docker-with-fuse mode.
+    `mounts` lists the host paths (and whether they are writable) that
+    Buildah reads or writes in docker-with-fuse mode, including the auth
+    file and CA directory that `registry_flags` name.
     """
     if candidate.mode != "docker-with-fuse":
         storage = Storage(
@@ -145,6 +151,7 @@ def make_buildah(
             isolation=candidate.isolation,
             runtime=candidate.runtime,
             network=candidate.network,
+            registry_flags=registry_flags,
         )
 
     storage = Storage(
@@ -166,6 +173,7 @@ def make_buildah(
         runtime=candidate.runtime,
         network=candidate.network,
         launcher=launcher,
+        registry_flags=registry_flags,
     )
 
 

@@ -40,6 +40,7 @@ from .buildah import Buildah, BuildahError, BuildOutput
 from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
 from .outage import push_with_retry, wait_out_outage
+from .secret_files import remove_secret_files, write_secret_files
 from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ class StageRunner:
     locality: bool = True
     push_compression: str = "gzip"
     builds_mount_from: bool = False
+    secret_key: str | None = field(default=None, repr=False)
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -172,19 +174,23 @@ class StageRunner:
         context = self.contexts.get(spec.context_digest) if spec.context_digest else self.contexts.empty()
         scratch = Path(tempfile.mkdtemp(prefix="stage-", dir=self.work_dir))
         log_key = keys.stage_log(build_id, spec.id)
+        secrets: dict[str, Path] = {}
         try:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
-            output = self._build(spec, dockerfile, context, log_key, watch)
+            secrets = write_secret_files(
+                self.store.redis, build_id, self.secret_key, scratch, tmpfs=self.buildah.launcher is None
+            )
+            output = self._build(spec, dockerfile, context, log_key, watch, secrets)
             if not output.ok and wait_out_outage(self.registry):
                 log.warning("stage failed while the registry was unreachable; building it again")
-                output = self._build(spec, dockerfile, context, log_key, watch)
+                output = self._build(spec, dockerfile, context, log_key, watch, secrets)
             elif not output.ok and output.transient_error:
                 log.warning(
                     "stage failed with a transient Buildah error; building it again",
                     error=output.transient_error,
                 )
-                output = self._build(spec, dockerfile, context, log_key, watch)
+                output = self._build(spec, dockerfile, context, log_key, watch, secrets)
             if not output.ok:
                 return self._failure(spec, output)
             push_started = time.monotonic()
@@ -194,11 +200,18 @@ class StageRunner:
             push_seconds = round(time.monotonic() - push_started, 3)
             return StageResult(worker=self.worker_id, digest=digest, push_seconds=push_seconds)
         finally:
+            remove_secret_files(secrets)
             shutil.rmtree(scratch, ignore_errors=True)
             self._expire(log_key)
 
     def _build(
-        self, spec: StageSpec, dockerfile: Path, context: Path, log_key: str, watch: CancelWatch
+        self,
+        spec: StageSpec,
+        dockerfile: Path,
+        context: Path,
+        log_key: str,
+        watch: CancelWatch,
+        secrets: dict[str, Path],
     ) -> BuildOutput:
         return self.buildah.build(
             dockerfile,
@@ -209,6 +222,7 @@ class StageRunner:
             layer_cache=self.layer_cache,
             on_line=lambda line: self._record_line(log_key, line),
             on_start=watch.attach,
+            secrets=secrets,
         )
 
     def _record_line(self, log_key: str, line: str) -> None:
