@@ -137,8 +137,9 @@ class BuildFollower:
             self._print_failure(data, event.stage)
             self._fail_units(event.stage, data)
         elif event.type == "cancelled":
+            # Redis's cjson encodes an empty Lua table as {}.
             cancelled = event.fields.get("cancelled", "[]")
-            if cancelled != "[]":
+            if cancelled not in ("[]", "{}"):
                 self.console.print(f"[yellow]cancelled[/] stages {escape(cancelled)} (they needed {stage})")
         elif event.type == "target-built":
             self._target_built(event.stage)

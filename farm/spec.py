@@ -17,7 +17,9 @@ class StageSpec:
     in the user's Dockerfile. `descendants` are cancelled when it fails.
     `parent` is the stage it starts `FROM`, when that is a stage.
     `mount_from_line` is the line of its first `RUN --mount ... from=`,
-    which only some Buildah releases build correctly.
+    which only some Buildah releases build correctly. `no_cache` (from
+    `farm build --no-cache`) makes the worker build it even when its key
+    is already in the registry.
     """
 
     id: str
@@ -38,6 +40,7 @@ class StageSpec:
     is_target: bool = False
     parent: str | None = None
     mount_from_line: int | None = None
+    no_cache: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

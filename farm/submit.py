@@ -129,6 +129,9 @@ def _plan_stages(
             unit.target_id = builder.add(unit, contexts[unit.entry.context.resolve()])
     targets = [unit.target_id for unit in units]
     cached = builder.find_cached(registry, targets) if use_cache else {}
+    if not use_cache:
+        for spec in builder.specs.values():
+            spec.no_cache = True
     return builder.prune(cached, targets), cached
 
 

@@ -202,3 +202,15 @@ def test_chain_stays_on_one_worker(farm, tmp_path: Path) -> None:
 
     workers = {stage["id"]: stage["worker"] for stage in outcome["entries"][0]["stages"]}
     assert len(set(workers.values())) == 1, workers
+
+
+def test_no_cache_builds_cached_stage_again(farm, tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:8]
+    (tmp_path / "Dockerfile").write_text(f"FROM busybox\nRUN echo {token} > /token\n")
+    _build_json(farm, str(tmp_path))
+
+    again = _build_json(farm, "--no-cache", str(tmp_path))
+
+    stage = again["entries"][0]["stages"][0]
+    assert stage["state"] == "built"
+    assert stage["worker"] != ""

@@ -134,7 +134,7 @@ class StageRunner:
         """Build the stage unless its key is, or becomes, available from another build."""
         lock = StageLock(self.store.redis, spec.key, f"{build_id}/{spec.id}")
         while True:
-            pushed = self.registry.get_manifest(self.stages_repository, spec.key)
+            pushed = None if spec.no_cache else self.registry.get_manifest(self.stages_repository, spec.key)
             if pushed is not None:
                 log.info("stage reused: another build pushed its key")
                 return StageResult(worker=self.worker_id, digest=pushed.digest, cached=True)
