@@ -14,10 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.base_images import make_busybox_image
+from farm.log import configure_logging
 from farm.local import LocalFarm, LocalFarmState
 from farm.registry import RegistryClient
 
 FARM = str(Path(sys.executable).with_name("farm"))
+
+# The tables go to standard output; the farm's own logs only when something is wrong.
+configure_logging("WARNING")
 
 
 @contextlib.contextmanager
