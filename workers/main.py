@@ -205,6 +205,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         push_compression=settings.push_compression,
         builds_mount_from=builds_mount_from(profile.buildah_version),
         secret_key=settings.secret_key,
+        concurrency=args.concurrency,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]

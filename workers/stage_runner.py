@@ -68,6 +68,7 @@ class StageRunner:
     locality: bool = True
     push_compression: str = "gzip"
     builds_mount_from: bool = False
+    concurrency: int = 1
     secret_key: str | None = field(default=None, repr=False)
 
     def run(self, build_id: str, stage_id: str) -> None:
@@ -255,24 +256,31 @@ class StageRunner:
         if not released:
             return
         specs = self.store.specs(build_id)
+        kept_here = 0
         for stage_id in released:
-            send_stage(self.app, build_id, stage_id, self._queue_for(specs[stage_id], spec))
-        log.info("stages released", released=released)
+            dependant = specs[stage_id]
+            if kept_here < self.concurrency and self._stays_here(dependant, spec):
+                kept_here += 1
+                queue = worker_queue(self.worker_id)
+            else:
+                queue = route_stage(self.store.redis, dependant)
+            send_stage(self.app, build_id, stage_id, queue)
+        log.info("stages released", released=released, kept_here=kept_here)
 
-    def _queue_for(self, dependant: StageSpec, finished: StageSpec) -> str:
-        """Return the queue of a released stage: this worker's own when it starts FROM the stage just built here.
+    def _stays_here(self, dependant: StageSpec, finished: StageSpec) -> bool:
+        """Return whether a released stage should run on this worker: it starts FROM the stage just built here.
 
         This worker is free as soon as the current task returns, and it has
-        the parent's layers in its storage, so nothing is pulled.
+        the parent's layers in its storage, so nothing is pulled. Only as
+        many stages as it builds at once stay, so that others run elsewhere
+        at the same time rather than wait for this worker.
         NOTE: a stage sent to a worker's own queue waits there if that
         worker stops before it takes the stage.
         """
         able = dependant.mount_from_line is None or self.builds_mount_from
-        if (
+        return (
             self.locality
             and able
             and dependant.parent == finished.id
             and dependant.platform in self.platforms
-        ):
-            return worker_queue(self.worker_id)
-        return route_stage(self.store.redis, dependant)
+        )
