@@ -47,6 +47,8 @@ from .stage_runner import StageRunner
 log = structlog.get_logger(__name__)
 
 DEFAULT_ROOT = Path("/var/lib/farm-worker")
+# Generous: a stage that legitimately compiles for hours is not killed.
+DEFAULT_STAGE_TIMEOUT_SECONDS = 3 * 3600
 BUSYBOX_REPOSITORY = "library/busybox"
 
 
@@ -97,8 +99,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "object) instead of probing this host",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="stages built at once (default: 1)")
+    parser.add_argument(
+        "--stage-timeout",
+        type=_stage_timeout,
+        default=os.environ.get("FARM_STAGE_TIMEOUT") or str(DEFAULT_STAGE_TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="kill a stage's Buildah process after this many seconds and fail the stage "
+        f"(default: FARM_STAGE_TIMEOUT or {DEFAULT_STAGE_TIMEOUT_SECONDS})",
+    )
     parser.add_argument("--log-level", default=None, help="log level (default: FARM_LOG_LEVEL or INFO)")
     return parser.parse_args(argv)
+
+
+def _stage_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of seconds")
+    return seconds
 
 
 def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
@@ -202,6 +222,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         locality=settings.locality,
         push_compression=settings.push_compression,
         builds_mount_from=builds_mount_from(profile.buildah_version),
+        stage_timeout=args.stage_timeout,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
@@ -274,6 +295,7 @@ def worker_profile(
         "platforms": [platform, *emulated],
         "emulated": emulated,
         "concurrency": args.concurrency,
+        "stage_timeout": args.stage_timeout,
         "pid": os.getpid(),
     }
 

@@ -36,7 +36,7 @@ from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
 from . import metrics
-from .buildah import Buildah, BuildahError, BuildOutput
+from .buildah import Buildah, BuildahError, BuildOutput, leftover_mounts
 from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
 from .outage import push_with_retry, wait_out_outage
@@ -67,6 +67,7 @@ class StageRunner:
     locality: bool = True
     push_compression: str = "gzip"
     builds_mount_from: bool = False
+    stage_timeout: float | None = None
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -100,7 +101,7 @@ class StageRunner:
             return
 
         started = time.monotonic()
-        with CancelWatch(self.store.redis, build_id) as watch:
+        with CancelWatch(self.store.redis, build_id, timeout_seconds=self.stage_timeout) as watch:
             result = self._build_once(build_id, spec, watch)
         result.seconds = round(time.monotonic() - started, 3)
 
@@ -176,6 +177,8 @@ class StageRunner:
             dockerfile = scratch / "Dockerfile"
             dockerfile.write_text(spec.dockerfile)
             output = self._build(spec, dockerfile, context, log_key, watch)
+            if watch.timed_out:
+                return self._timed_out(spec, output)
             if not output.ok and wait_out_outage(self.registry):
                 log.warning("stage failed while the registry was unreachable; building it again")
                 output = self._build(spec, dockerfile, context, log_key, watch)
@@ -222,6 +225,21 @@ class StageRunner:
             self.store.redis.expire(log_key, _LOG_TTL_SECONDS)
         except redis.RedisError as error:
             log.debug("build output expiry not set", error=str(error))
+
+    def _timed_out(self, spec: StageSpec, output: BuildOutput) -> StageResult:
+        """Clean up after Buildah was killed at the stage timeout, and return the stage's failure."""
+        # NOTE: as on cancel, `buildah rm --all` also removes the working
+        # containers of other stages this worker builds at the same time.
+        self.buildah.remove_containers()
+        left = leftover_mounts(self.buildah.storage.root)
+        if left:
+            log.warning("mounts left below the storage root after the timeout", mounts=left)
+        result = self._failure(spec, output)
+        result.error = (
+            f"worker {self.worker_id}: stage timed out after {self.stage_timeout:g} s "
+            "(farm-worker --stage-timeout); buildah was killed"
+        )
+        return result
 
     def _failure(self, spec: StageSpec, output: BuildOutput) -> StageResult:
         line = spec.from_line
