@@ -11,11 +11,13 @@
 | `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip`, `zstd` or `none` | `gzip` |
 | `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
 | `FARM_VISIBILITY_TIMEOUT` | seconds before Redis gives an unacknowledged stage message to another worker | `3600` |
+| `FARM_CONTEXT_LIMIT` | largest build context, in bytes or with a suffix K, M, G, T (powers of 1024) | `2G` |
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -28,6 +30,10 @@ DEFAULT_NAMESPACE = "farm"
 # (workers/reaper.py); this only bounds how long a message lost between
 # delivery and the stage's start waits.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+DEFAULT_CONTEXT_LIMIT = 2 * 1024**3
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
@@ -45,6 +51,7 @@ class Settings:
     locality: bool = True
     push_compression: str = "gzip"
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    context_limit: int = DEFAULT_CONTEXT_LIMIT
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -62,6 +69,7 @@ class Settings:
             locality=_flag(env.get("FARM_LOCALITY"), True),
             push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd", "none"), "gzip"),
             visibility_timeout=_seconds(env, "FARM_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_SECONDS),
+            context_limit=_size(env, "FARM_CONTEXT_LIMIT", DEFAULT_CONTEXT_LIMIT),
         )
 
     @property
@@ -94,6 +102,35 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return parts._replace(netloc=host).geturl()
+
+
+def parse_size(text: str) -> int:
+    """Parse a size in bytes: `1048576`, `512M`, `2G` or `2GiB` (K, M, G and T are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected bytes or a number with K, M, G or T")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def format_size(size: int) -> str:
+    """Format a byte count with the largest binary unit that keeps it at 1 or more (`1.5 GiB`)."""
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit]:
+            return f"{size / _SIZE_UNITS[unit]:.1f} {unit}iB"
+    return f"{size} B"
+
+
+def _size(env, name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        size = parse_size(value)
+    except ValueError as error:
+        raise FarmError(f"{name}: {error}") from None
+    if size <= 0:
+        raise FarmError(f"{name}={value!r} must be a positive size")
+    return size
 
 
 def _choice(env, name: str, choices: tuple[str, ...], default: str) -> str:

@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     conf.write_text(registries_conf(settings.registry, settings.registry_insecure, settings.mirror_docker_io))
     work_dir = root / "work"
     work_dir.mkdir(exist_ok=True)
-    contexts = ContextCache(root / "contexts", registry, settings.contexts_repository)
+    contexts = ContextCache(root / "contexts", registry, settings.contexts_repository, settings.context_limit)
     runner_image = args.runner_image or f"{settings.registry}/{settings.namespace}/runner:latest"
 
     def make(candidate: Candidate) -> Buildah:
