@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import structlog
+from celery import Celery
+from celery.signals import worker_ready
 
 from farm.build_store import BuildStore
 from farm.buildah_support import builds_mount_from
@@ -32,6 +34,7 @@ from farm.stages import default_platform
 
 from .buildah import Buildah
 from .context_cache import ContextCache
+from .disk_guard import DEFAULT_MIN_FREE, DiskGuard, MinFree
 from .heartbeat import Heartbeat
 from .messages import InvalidMessage, stage_message
 from .metrics import serve_metrics
@@ -207,6 +210,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     platform = default_platform()
     app = create_app(settings)
+    min_free = MinFree.parse(os.environ.get("FARM_MIN_FREE_DISK") or DEFAULT_MIN_FREE)
+    guard = DiskGuard(root, min_free, buildah, settings.stages_repository, redis_client, worker_id)
     runner = StageRunner(
         worker_id=worker_id,
         store=BuildStore(redis_client),
@@ -223,6 +228,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         push_compression=settings.push_compression,
         builds_mount_from=builds_mount_from(profile.buildah_version),
         stage_timeout=args.stage_timeout,
+        disk_guard=guard,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
@@ -237,11 +243,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except InvalidMessage as error:
             log.error("task message rejected", task=BUILD_STAGE_TASK, reason=str(error))
             return
+        # A message taken just before the worker paused is passed on, not built.
+        state = guard.check()
+        if not state.accepting:
+            runner.pass_on(build_id, stage_id, state.reason or "")
+            return
         runner.run(build_id, stage_id)
+
+    hostname = f"{worker_id}@{socket.gethostname()}"
+    guard.pause = lambda reason: _set_consuming(app, hostname, queues, consuming=False)
+    guard.resume = lambda: _set_consuming(app, hostname, queues, consuming=True)
+
+    @worker_ready.connect(weak=False)
+    def start_disk_guard(**_) -> None:
+        # Remote control commands reach the worker only once it consumes, so the guard starts now.
+        guard.start()
 
     published = worker_profile(worker_id, profile, candidate, platform, emulated, args)
     serve_metrics(published, root)
-    heartbeat = Heartbeat(redis_client, worker_id, published, str(root))
+    heartbeat = Heartbeat(redis_client, worker_id, published, str(root), extra=guard.profile_fields)
     heartbeat.start()
     reaper = Reaper(runner.store, app, worker_id)
     reaper.start()
@@ -254,7 +274,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         app.Worker(
-            hostname=f"{worker_id}@{socket.gethostname()}",
+            hostname=hostname,
             queues=queues,
             concurrency=args.concurrency,
             pool="threads",
@@ -263,11 +283,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             loglevel=(args.log_level or os.environ.get("FARM_LOG_LEVEL") or "INFO").upper(),
         ).start()
     finally:
+        guard.stop()
         reaper.stop()
         heartbeat.stop()
         buildah.remove_containers()
         log.info("worker stopped", worker=worker_id)
     return 0
+
+
+def _set_consuming(app: Celery, hostname: str, queues: list[str], consuming: bool) -> None:
+    """Stop or start consuming `queues` on this worker, with Celery's remote control commands."""
+    command = app.control.add_consumer if consuming else app.control.cancel_consumer
+    for queue in queues:
+        replies = command(queue, destination=[hostname], reply=True, timeout=5)
+        if not replies:
+            log.warning("no reply to a consumer change from this worker", queue=queue, consuming=consuming)
 
 
 def worker_profile(

@@ -31,7 +31,7 @@ from farm import redis_keys as keys
 from farm.build_store import BuildStore, StartDecision
 from farm.celery_app import send_stage, worker_queue
 from farm.errors import FarmError
-from farm.fleet import route_stage
+from farm.fleet import route_stage, worker_with_space
 from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
@@ -39,10 +39,15 @@ from . import metrics
 from .buildah import Buildah, BuildahError, BuildOutput, leftover_mounts
 from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
+from .disk_guard import DiskGuard
 from .outage import push_with_retry, wait_out_outage
 from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
+
+# A stage that runs out of disk space moves to another worker at most this often.
+SPACE_REQUEUE_LIMIT = 3
+_NO_SPACE = "no space left on device"
 
 # Build output lines stay readable in Redis this long after the stage.
 _LOG_TTL_SECONDS = 7 * 24 * 3600
@@ -68,6 +73,7 @@ class StageRunner:
     push_compression: str = "gzip"
     builds_mount_from: bool = False
     stage_timeout: float | None = None
+    disk_guard: DiskGuard | None = None
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -111,10 +117,42 @@ class StageRunner:
             self._complete(build_id, spec, result)
         elif watch.cancelled:
             self._stop_cancelled(build_id, spec)
+        elif not watch.timed_out and _out_of_space(result):
+            self._requeue_for_space(build_id, spec, result)
         else:
             cancelled = self.store.fail(build_id, spec, result)
             metrics.STAGES_FAILED.labels(self.worker_id).inc()
             log.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
+
+    def pass_on(self, build_id: str, stage_id: str, reason: str) -> None:
+        """Send a stage this worker will not start back to its queue, for another worker."""
+        spec = self.store.spec(build_id, stage_id)
+        if spec is None:
+            log.warning(
+                "stage not found in Redis; the build expired or was lost", build_id=build_id, stage=stage_id
+            )
+            return
+        send_stage(self.app, build_id, stage_id, route_stage(self.store.redis, spec))
+        log.warning("stage passed on to another worker", build_id=build_id, stage=stage_id, reason=reason)
+
+    def _requeue_for_space(self, build_id: str, spec: StageSpec, result: StageResult) -> None:
+        """Send a stage that ran out of disk space to the live worker with the most space, or fail it."""
+        if self.disk_guard:
+            self.disk_guard.check()
+        reason = f"no space left on device on worker {self.worker_id}"
+        other = worker_with_space(self.store.redis, spec, exclude=self.worker_id)
+        if other and self.store.requeue_held(build_id, spec.id, self.worker_id, reason, SPACE_REQUEUE_LIMIT):
+            # NOTE: if `other` pauses before it takes the stage, the stage waits in its queue.
+            send_stage(self.app, build_id, spec.id, worker_queue(other))
+            log.warning("stage re-queued: out of disk space", to_worker=other)
+            return
+        result.error = (
+            f"{reason}, and no other live worker with space for platform {spec.platform} took it "
+            f"(at most {SPACE_REQUEUE_LIMIT} moves per stage): {result.error}"
+        )
+        cancelled = self.store.fail(build_id, spec, result)
+        metrics.STAGES_FAILED.labels(self.worker_id).inc()
+        log.warning("stage failed: out of disk space", error=result.error, cancelled=cancelled)
 
     def _refuse_mount_from(self, build_id: str, spec: StageSpec) -> None:
         """Fail a stage this worker's Buildah would build wrongly, rather than push a wrong image."""
@@ -280,3 +318,8 @@ class StageRunner:
         ):
             return worker_queue(self.worker_id)
         return route_stage(self.store.redis, dependant)
+
+
+def _out_of_space(result: StageResult) -> bool:
+    """Return whether a failed build's output reports a full disk."""
+    return _NO_SPACE in f"{result.error or ''}\n{result.output}".lower()
