@@ -152,7 +152,7 @@ def test_out_of_space_stage_requeued(chaos: ChaosFarm, small_disk_worker: str, t
         # The sleep leaves time to let w1 take stages again before the step fills w3's disk.
         context = write_context(
             tmp_path / "context",
-            f"FROM busybox\nRUN echo {unique_token()} && sleep 8 && dd if=/dev/zero of=/fill bs=1M count=300\n",
+            f"FROM busybox\nRUN echo {unique_token()} && sleep 15 && dd if=/dev/zero of=/fill bs=1M count=300\n",
         )
         build = chaos.popen("build", str(context))
         build_id, stage_id, worker = chaos.wait_running()

@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+import redis
 import structlog
 from celery import Celery
 from celery.signals import worker_ready
@@ -251,8 +252,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         runner.run(build_id, stage_id)
 
     hostname = f"{worker_id}@{socket.gethostname()}"
-    guard.pause = lambda reason: _set_consuming(app, hostname, queues, consuming=False)
-    guard.resume = lambda: _set_consuming(app, hostname, queues, consuming=True)
 
     @worker_ready.connect(weak=False)
     def start_disk_guard(**_) -> None:
@@ -263,6 +262,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(published, root)
     heartbeat = Heartbeat(redis_client, worker_id, published, str(root), extra=guard.profile_fields)
     heartbeat.start()
+    guard.pause = lambda reason: _set_consuming(app, hostname, queues, heartbeat, consuming=False)
+    guard.resume = lambda: _set_consuming(app, hostname, queues, heartbeat, consuming=True)
     reaper = Reaper(runner.store, app, worker_id)
     reaper.start()
     log.info(
@@ -291,13 +292,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _set_consuming(app: Celery, hostname: str, queues: list[str], consuming: bool) -> None:
-    """Stop or start consuming `queues` on this worker, with Celery's remote control commands."""
+def _set_consuming(
+    app: Celery, hostname: str, queues: list[str], heartbeat: Heartbeat, consuming: bool
+) -> None:
+    """Stop or start consuming `queues` on this worker, with Celery's remote control commands.
+
+    The heartbeat then publishes the change at once, so producers and
+    other workers do not wait for the next beat to see it.
+    """
     command = app.control.add_consumer if consuming else app.control.cancel_consumer
     for queue in queues:
         replies = command(queue, destination=[hostname], reply=True, timeout=5)
         if not replies:
             log.warning("no reply to a consumer change from this worker", queue=queue, consuming=consuming)
+    try:
+        heartbeat.beat()
+    except redis.RedisError as error:
+        log.warning("worker state not published; the next heartbeat publishes it", error=str(error))
 
 
 def worker_profile(

@@ -141,15 +141,16 @@ class StageRunner:
             self.disk_guard.check()
         reason = f"no space left on device on worker {self.worker_id}"
         other = worker_with_space(self.store.redis, spec, exclude=self.worker_id)
-        if other and self.store.requeue_held(build_id, spec.id, self.worker_id, reason, SPACE_REQUEUE_LIMIT):
+        if other is None:
+            why = f"no other live worker that takes stages serves {spec.platform}"
+        elif self.store.requeue_held(build_id, spec.id, self.worker_id, reason, SPACE_REQUEUE_LIMIT):
             # NOTE: if `other` pauses before it takes the stage, the stage waits in its queue.
             send_stage(self.app, build_id, spec.id, worker_queue(other))
             log.warning("stage re-queued: out of disk space", to_worker=other)
             return
-        result.error = (
-            f"{reason}, and no other live worker with space for platform {spec.platform} took it "
-            f"(at most {SPACE_REQUEUE_LIMIT} moves per stage): {result.error}"
-        )
+        else:
+            why = f"the stage was moved {SPACE_REQUEUE_LIMIT} times already or its build ended"
+        result.error = f"{reason}, and {why}: {result.error}"
         cancelled = self.store.fail(build_id, spec, result)
         metrics.STAGES_FAILED.labels(self.worker_id).inc()
         log.warning("stage failed: out of disk space", error=result.error, cancelled=cancelled)
