@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.base_images import make_busybox_image
-from farm.log import configure_logging
 from farm.local import LocalFarm, LocalFarmState
+from farm.log import configure_logging
 from farm.registry import RegistryClient
 
 FARM = str(Path(sys.executable).with_name("farm"))

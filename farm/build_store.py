@@ -82,6 +82,23 @@ return 1
 """
 )
 
+# Move a stage that this worker holds back to `queued` after it ran out
+# of disk space, at most ARGV[5] times per stage (counted in the build's
+# hash), so a stage too large for every worker fails in the end.
+_REQUEUE_HELD = """
+local holder = redis.call('HGET', KEYS[3], ARGV[2])
+if not holder then return 0 end
+local ok, parsed = pcall(cjson.decode, holder)
+if not ok or type(parsed) ~= 'table' or parsed.worker ~= ARGV[3] then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+if redis.call('HINCRBY', KEYS[2], 'space-requeues:' .. ARGV[1], 1) > tonumber(ARGV[5]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], 'queued')
+redis.call('XADD', KEYS[4], '*', 'type', 'requeued', 'stage', ARGV[1], 'worker', ARGV[3], 'reason', ARGV[4])
+return 1
+"""
+
 # A stage delivered again after it was done is completed again (to release
 # its dependants) but counted once.
 _COMPLETE = """
@@ -240,6 +257,7 @@ class BuildStore:
         self._cancel = client.register_script(_CANCEL)
         self._stopped = client.register_script(_STOPPED)
         self._requeue = client.register_script(_REQUEUE)
+        self._requeue_held = client.register_script(_REQUEUE_HELD)
 
     def create(
         self,
@@ -441,6 +459,18 @@ class BuildStore:
                 stage.holder,
                 keys.worker(""),
             ],
+        )
+        return bool(moved)
+
+    def requeue_held(self, build_id: str, stage_id: str, worker_id: str, reason: str, limit: int) -> bool:
+        """Move a stage `worker_id` holds back to `queued`, at most `limit` times; return whether it moved.
+
+        The caller sends the stage's message again when this returns True,
+        and fails the stage otherwise.
+        """
+        moved = self._requeue_held(
+            keys=[keys.states(build_id), keys.build(build_id), keys.running(), keys.events(build_id)],
+            args=[stage_id, keys.running_field(build_id, stage_id), worker_id, reason, limit],
         )
         return bool(moved)
 

@@ -225,6 +225,7 @@ def _run_workers(args: argparse.Namespace) -> int:
         "jobs",
         "load",
         "disk free",
+        "state",
     )
     for worker in workers:
         table.add_row(
@@ -240,12 +241,20 @@ def _run_workers(args: argparse.Namespace) -> int:
             str(worker.get("concurrency", "?")),
             f"{worker.get('load', 0):.2f}",
             f"{worker.get('disk_free', 0) / 2**30:.1f} GiB",
+            _worker_state(worker),
         )
     if not workers:
         print("no live workers")
         return 0
     Console(width=200).print(table)
     return 0
+
+
+def _worker_state(worker: dict) -> str:
+    """Return `accepting`, or `paused: REASON` for a worker that takes no stages."""
+    if worker.get("accepting", True):
+        return "accepting"
+    return f"paused: {worker.get('reason') or 'no reason given'}"
 
 
 if __name__ == "__main__":

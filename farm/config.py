@@ -17,11 +17,13 @@
 | `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip`, `zstd` or `none` | `gzip` |
 | `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
 | `FARM_VISIBILITY_TIMEOUT` | seconds before Redis gives an unacknowledged stage message to another worker | `3600` |
+| `FARM_CONTEXT_LIMIT` | largest build context, in bytes or with a suffix K, M, G, T (powers of 1024) | `2G` |
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -36,6 +38,10 @@ DEFAULT_NAMESPACE = "farm"
 # (workers/reaper.py); this only bounds how long a message lost between
 # delivery and the stage's start waits.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+DEFAULT_CONTEXT_LIMIT = 2 * 1024**3
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
@@ -60,6 +66,7 @@ class Settings:
     registry_ca_file: Path | None = None
     registry_auth_file: Path | None = None
     secret_key: str | None = field(default=None, repr=False)
+    context_limit: int = DEFAULT_CONTEXT_LIMIT
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -83,6 +90,7 @@ class Settings:
             registry_ca_file=_file(env, "FARM_REGISTRY_CA_FILE"),
             registry_auth_file=auth_file(env),
             secret_key=_secret_key(env),
+            context_limit=_size(env, "FARM_CONTEXT_LIMIT", DEFAULT_CONTEXT_LIMIT),
         )
 
     @property
@@ -158,6 +166,35 @@ def _first_line(path: Path, name: str) -> str:
     if not lines or not lines[0].strip():
         raise FarmError(f"{name} {path} is empty")
     return lines[0].strip()
+
+
+def parse_size(text: str) -> int:
+    """Parse a size in bytes: `1048576`, `512M`, `2G` or `2GiB` (K, M, G and T are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected bytes or a number with K, M, G or T")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def format_size(size: int) -> str:
+    """Format a byte count with the largest binary unit that keeps it at 1 or more (`1.5 GiB`)."""
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit]:
+            return f"{size / _SIZE_UNITS[unit]:.1f} {unit}iB"
+    return f"{size} B"
+
+
+def _size(env, name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        size = parse_size(value)
+    except ValueError as error:
+        raise FarmError(f"{name}: {error}") from None
+    if size <= 0:
+        raise FarmError(f"{name}={value!r} must be a positive size")
+    return size
 
 
 def _choice(env, name: str, choices: tuple[str, ...], default: str) -> str:

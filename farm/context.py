@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import format_size
 from .errors import ContextError
 from .registry import file_digest
 
@@ -87,16 +88,20 @@ def is_ignored(relative_path: str, rules: list[IgnoreRule]) -> bool:
     return ignored
 
 
-def pack_context(context_dir: Path, destination: Path) -> PackedContext:
+def pack_context(context_dir: Path, destination: Path, limit: int | None = None) -> PackedContext:
     """Pack `context_dir`, less what `.dockerignore` excludes, into `destination`.
 
-    Raises ContextError for a missing context and for a symbolic link that
-    points outside the context.
+    Raises ContextError for a missing context, for a symbolic link that
+    points outside the context, and for a context whose files add up to
+    more than `limit` bytes (checked before anything is written).
     """
     context_dir = Path(context_dir)
     if not context_dir.is_dir():
         raise ContextError(f"build context not found: {context_dir} is not a directory")
     rules = read_dockerignore(context_dir)
+    included = sorted(_walk(context_dir, rules))
+    if limit is not None:
+        _check_size(context_dir, included, limit)
 
     index: dict[str, str] = {}
     with (
@@ -104,7 +109,7 @@ def pack_context(context_dir: Path, destination: Path) -> PackedContext:
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for relative in sorted(_walk(context_dir, rules)):
+        for relative in included:
             entry, stream = _entry(context_dir, relative)
             if stream is None:
                 tar.addfile(entry)
@@ -118,13 +123,59 @@ def pack_context(context_dir: Path, destination: Path) -> PackedContext:
     return PackedContext(destination, file_digest(destination), destination.stat().st_size, index, rules)
 
 
-def unpack_context(archive: Path, destination: Path) -> None:
-    """Extract a context tar, refusing absolute paths, `..` and links that leave it."""
+def unpack_context(archive: Path, destination: Path, limit: int | None = None) -> None:
+    """Extract a context tar, rejecting absolute paths, `..` and links that leave it.
+
+    With `limit`, an archive larger than `limit` bytes, or whose files add
+    up to more, is rejected with ContextError. Extraction stops before the
+    first file past the limit, so no more than `limit` bytes are written.
+    """
+    compressed = archive.stat().st_size
+    if limit is not None and compressed > limit:
+        raise ContextError(
+            f"rejecting context archive {archive.name}: it is {format_size(compressed)} "
+            f"({compressed} bytes), over the context limit of {format_size(limit)} (FARM_CONTEXT_LIMIT)"
+        )
+    checked = _SizeCheckedFilter(archive.name, limit)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            tar.extractall(destination, filter=_checked_member)
+            tar.extractall(destination, filter=checked)
     except (tarfile.FilterError, tarfile.TarError) as error:
         raise ContextError(f"refusing context archive {archive.name}: {error}") from None
+
+
+class _SizeCheckedFilter:
+    """A tarfile extraction filter that checks each member and the running total of file sizes."""
+
+    def __init__(self, archive_name: str, limit: int | None) -> None:
+        self.archive_name = archive_name
+        self.limit = limit
+        self.total = 0
+
+    def __call__(self, member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+        self.total += member.size if member.isfile() else 0
+        if self.limit is not None and self.total > self.limit:
+            raise ContextError(
+                f"rejecting context archive {self.archive_name}: its files add up to more than the "
+                f"context limit of {format_size(self.limit)} (FARM_CONTEXT_LIMIT) "
+                f"({self.total} bytes up to {member.name})"
+            )
+        return _checked_member(member, destination)
+
+
+def _check_size(context_dir: Path, included: list[str], limit: int) -> None:
+    """Raise ContextError when the regular files of a context add up to more than `limit` bytes."""
+    size = 0
+    for relative in included:
+        info = os.lstat(context_dir / relative)
+        if stat.S_ISREG(info.st_mode):
+            size += info.st_size
+    if size > limit:
+        raise ContextError(
+            f"build context {context_dir} is {format_size(size)} ({size} bytes), over the limit of "
+            f"{format_size(limit)} (FARM_CONTEXT_LIMIT); exclude files with {context_dir}/.dockerignore "
+            "or raise FARM_CONTEXT_LIMIT"
+        )
 
 
 def _checked_member(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:

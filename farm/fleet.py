@@ -66,6 +66,25 @@ def route_stage(client: redis.Redis, spec: StageSpec) -> str:
     return route_platform(client, spec.platform)
 
 
+def worker_with_space(client: redis.Redis, spec: StageSpec, exclude: str) -> str | None:
+    """Return the live worker, other than `exclude`, that takes stages and can build `spec`, with the most free disk.
+
+    None when no such worker is live. A worker that stopped taking stages
+    publishes `"accepting": false` in its profile.
+    """
+    able = [
+        worker
+        for worker in live_workers(client)
+        if worker.get("id") != exclude
+        and worker.get("accepting", True)
+        and spec.platform in worker.get("platforms", [])
+        and (spec.mount_from_line is None or builds_mount_from(worker.get("buildah")))
+    ]
+    if not able:
+        return None
+    return max(able, key=lambda worker: worker.get("disk_free", 0))["id"]
+
+
 def require_mount_from(client: redis.Redis, specs: list[StageSpec]) -> None:
     """Raise FarmError, naming the line, when no live worker can build a stage's `RUN --mount from=`."""
     needing = [spec for spec in specs if spec.mount_from_line is not None]

@@ -18,7 +18,9 @@ Per content key `<key>`: `farm:stage-lock:<key>` (string, the holder,
 expires unless renewed), so concurrent builds build a stage once.
 
 Per worker `<id>`: `farm:worker:<id>` (string, JSON profile with the
-process's instance token, expires unless the worker renews it). Celery's
+process's instance token, expires unless the worker renews it), and
+`farm:min-free-disk:<id>` (string, optional: an operator's override of
+the worker's `FARM_MIN_FREE_DISK`, read on every disk check). Celery's
 own queues are `farm.stages.<platform>` (see `farm.celery_app`).
 
 Across builds: `farm:builds` (sorted set, build id scored by its creation
@@ -88,6 +90,11 @@ def stats() -> str:
 
 def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def min_free_disk(worker_id: str) -> str:
+    """Return the optional override of one worker's minimum free disk space (`5G`, `10%`)."""
+    return f"{PREFIX}:min-free-disk:{worker_id}"
 
 
 def running() -> str:

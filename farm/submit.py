@@ -142,7 +142,7 @@ def _upload_contexts(
     packed = {}
     for directory in dict.fromkeys(directories):
         archive = Path(tempfile.mkdtemp(dir=scratch)) / "context.tar.gz"
-        packed[directory] = pack_context(directory, archive)
+        packed[directory] = pack_context(directory, archive, settings.context_limit)
 
     def upload(context: PackedContext) -> None:
         registry.push_blob(settings.contexts_repository, context.path, context.digest)

@@ -91,3 +91,41 @@ def test_unknown_target(farm, nothing_queued, tmp_path: Path) -> None:
     result = farm.cli("build", "--target", "release", str(tmp_path))
     assert result.returncode == 1
     assert f"{tmp_path}/Dockerfile:1: target stage 'release' not found" in result.stderr
+
+
+def test_context_over_limit(farm, nothing_queued, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY data /data\n")
+    (tmp_path / "data").write_bytes(bytes(3 * 1024**2))
+    result = farm.cli("build", str(tmp_path), env={"FARM_CONTEXT_LIMIT": "1M"})
+    assert result.returncode == 1
+    assert f"build context {tmp_path} is 3.0 MiB" in result.stderr
+    assert "over the limit of 1.0 MiB (FARM_CONTEXT_LIMIT)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (
+            b"FROM busybox AS base\nRUN true\n\nFROM base\nRUN echo \xff\xfe\n",
+            5,
+            "the file is not valid UTF-8",
+        ),
+        (
+            b"FROM busybox AS base\nRUN true\n\nFROM base\nRUN <<EOF\necho never closed\n",
+            5,
+            "unterminated heredoc",
+        ),
+        (b"FROM busybox AS base\nRUN true\n\nFROM 'base\nRUN true\n", 4, "No closing quotation"),
+    ],
+    ids=["invalid-utf8", "unterminated-heredoc", "unbalanced-quote"],
+)
+def test_mutated_dockerfile_queues_nothing(
+    farm, nothing_queued, tmp_path: Path, text: bytes, line: int, message: str
+) -> None:
+    (tmp_path / "Dockerfile").write_bytes(text)
+    result = farm.cli("build", str(tmp_path))
+    assert result.returncode == 1
+    assert f"farm: error: {tmp_path}/Dockerfile:{line}: " in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

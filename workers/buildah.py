@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Protocol
 
+import psutil
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,20 @@ class BuildOutput:
             if line.startswith("Error: ") or line.startswith("error "):
                 return line
         return None
+
+
+def leftover_mounts(root: PurePath) -> list[str]:
+    """Return the mount points below a storage root (not the root itself) in this mount namespace.
+
+    The overlay driver mounts its root on itself; anything deeper is a
+    working container or layer still mounted.
+    NOTE: in docker-with-fuse mode the storage is mounted inside the
+    runner container, so this sees nothing there.
+    """
+    prefix = str(root).rstrip("/") + "/"
+    return sorted(
+        {part.mountpoint for part in psutil.disk_partitions(all=True) if part.mountpoint.startswith(prefix)}
+    )
 
 
 class BuildahError(Exception):

@@ -1,10 +1,12 @@
-"""Stop a stage's Buildah process when its build is cancelled.
+"""Stop a stage's Buildah process when its build is cancelled or it runs too long.
 
 `farm cancel` sets the build's status to `cancelled` in one Lua script.
 While a stage builds, a thread polls that status; when it changes, the
 thread kills the Buildah process and every process it started (RUN steps
 run as its descendants under chroot isolation), so the stage ends within
-about one poll interval even when it prints nothing.
+about one poll interval even when it prints nothing. The same thread
+kills a Buildah process that outlives the stage timeout
+(`farm-worker --stage-timeout`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,26 @@ _TERM_GRACE_SECONDS = 5.0
 
 
 class CancelWatch:
-    """Polls one build's status from a thread and kills the attached process on cancel."""
+    """Polls one build's status from a thread and kills the attached process on cancel or timeout.
 
-    def __init__(self, client: redis.Redis, build_id: str, poll_seconds: float = POLL_SECONDS) -> None:
+    With `timeout_seconds`, each attached process may run that long. Past
+    that, the process is killed and `timed_out` becomes true.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        build_id: str,
+        poll_seconds: float = POLL_SECONDS,
+        timeout_seconds: float | None = None,
+    ) -> None:
         self.client = client
         self.build_id = build_id
         self.poll_seconds = poll_seconds
+        self.timeout_seconds = timeout_seconds
+        self._deadline: float | None = None
         self._cancelled = threading.Event()
+        self._timed_out = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
@@ -48,6 +63,10 @@ class CancelWatch:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def timed_out(self) -> bool:
+        return self._timed_out.is_set()
+
     def __enter__(self) -> CancelWatch:
         self._thread.start()
         return self
@@ -60,11 +79,18 @@ class CancelWatch:
         """Watch `process` (Buildah); kill it at once if the build is already cancelled."""
         with self._lock:
             self._process = process
+            if self.timeout_seconds is not None:
+                self._deadline = time.monotonic() + self.timeout_seconds
         if self.cancelled:
             self._kill()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
+            if self._past_deadline():
+                self._timed_out.set()
+                log.warning("stage timed out; stopping buildah", timeout=self.timeout_seconds)
+                self._kill()
+                return
             try:
                 status = self.client.hget(keys.build(self.build_id), "status")
             except redis.RedisError as error:
@@ -76,6 +102,13 @@ class CancelWatch:
                 log.info("build cancelled; stopping buildah")
                 self._kill()
                 return
+
+    def _past_deadline(self) -> bool:
+        with self._lock:
+            deadline, process = self._deadline, self._process
+        if deadline is None or process is None or process.poll() is not None:
+            return False
+        return time.monotonic() > deadline
 
     def _kill(self) -> None:
         with self._lock:

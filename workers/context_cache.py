@@ -21,10 +21,13 @@ log = structlog.get_logger(__name__)
 class ContextCache:
     """Unpacked build contexts below `directory`, one folder per digest."""
 
-    def __init__(self, directory: Path, registry: RegistryClient, repository: str) -> None:
+    def __init__(
+        self, directory: Path, registry: RegistryClient, repository: str, limit: int | None = None
+    ) -> None:
         self.directory = directory
         self.registry = registry
         self.repository = repository
+        self.limit = limit
         directory.mkdir(parents=True, exist_ok=True)
 
     def get(self, digest: str) -> Path:
@@ -43,10 +46,12 @@ class ContextCache:
             scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.directory))
             try:
                 archive = scratch / "context.tar.gz"
+                # NOTE: the archive's size is checked after the download,
+                # so an oversized blob still takes its size on disk briefly.
                 self.registry.fetch_blob(self.repository, digest, archive)
                 unpacked = scratch / "context"
                 unpacked.mkdir()
-                unpack_context(archive, unpacked)
+                unpack_context(archive, unpacked, self.limit)
                 unpacked.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -6,6 +6,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import redis
@@ -36,6 +37,7 @@ class Heartbeat:
         disk_path: str,
         interval: float = INTERVAL_SECONDS,
         expiry: int = EXPIRY_SECONDS,
+        extra: Callable[[], dict] | None = None,
     ) -> None:
         self.client = client
         self.interval = interval
@@ -43,6 +45,8 @@ class Heartbeat:
         self.worker_id = worker_id
         self.profile = {**profile, "instance": secrets.token_hex(8)}
         self.disk_path = disk_path
+        # Fields that change while the worker runs, such as whether it takes stages.
+        self.extra = extra
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)
 
@@ -64,6 +68,7 @@ class Heartbeat:
             # psutil emulates the load average on Windows.
             "load": psutil.getloadavg()[0],
             "disk_free": psutil.disk_usage(self.disk_path).free,
+            **(self.extra() if self.extra else {}),
         }
         self.client.set(keys.worker(self.worker_id), json.dumps(profile), ex=self.expiry)
 

@@ -17,7 +17,10 @@ import socket
 import sys
 from pathlib import Path
 
+import redis
 import structlog
+from celery import Celery
+from celery.signals import worker_ready
 
 from farm.build_store import BuildStore
 from farm.buildah_support import builds_mount_from
@@ -32,6 +35,7 @@ from farm.stages import default_platform
 
 from .buildah import Buildah
 from .context_cache import ContextCache
+from .disk_guard import DEFAULT_MIN_FREE, DiskGuard, MinFree
 from .heartbeat import Heartbeat
 from .messages import InvalidMessage, stage_message
 from .metrics import serve_metrics
@@ -48,6 +52,8 @@ from .stage_runner import StageRunner
 log = structlog.get_logger(__name__)
 
 DEFAULT_ROOT = Path("/var/lib/farm-worker")
+# Generous: a stage that legitimately compiles for hours is not killed.
+DEFAULT_STAGE_TIMEOUT_SECONDS = 3 * 3600
 BUSYBOX_REPOSITORY = "library/busybox"
 
 
@@ -98,8 +104,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "object) instead of probing this host",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="stages built at once (default: 1)")
+    parser.add_argument(
+        "--stage-timeout",
+        type=_stage_timeout,
+        default=os.environ.get("FARM_STAGE_TIMEOUT") or str(DEFAULT_STAGE_TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="kill a stage's Buildah process after this many seconds and fail the stage "
+        f"(default: FARM_STAGE_TIMEOUT or {DEFAULT_STAGE_TIMEOUT_SECONDS})",
+    )
     parser.add_argument("--log-level", default=None, help="log level (default: FARM_LOG_LEVEL or INFO)")
     return parser.parse_args(argv)
+
+
+def _stage_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of seconds")
+    return seconds
 
 
 def worker_identity(name: str | None, root: Path | None) -> tuple[str, Path]:
@@ -173,7 +197,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     conf.write_text(registries_conf(settings.registry, settings.registry_insecure, settings.mirror_docker_io))
     work_dir = root / "work"
     work_dir.mkdir(exist_ok=True)
-    contexts = ContextCache(root / "contexts", registry, settings.contexts_repository)
+    contexts = ContextCache(root / "contexts", registry, settings.contexts_repository, settings.context_limit)
     runner_image = args.runner_image or f"{settings.registry}/{settings.namespace}/runner:latest"
     access = registry_access(settings, root)
 
@@ -189,6 +213,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     platform = default_platform()
     app = create_app(settings)
+    min_free = MinFree.parse(os.environ.get("FARM_MIN_FREE_DISK") or DEFAULT_MIN_FREE)
+    guard = DiskGuard(root, min_free, buildah, settings.stages_repository, redis_client, worker_id)
     runner = StageRunner(
         worker_id=worker_id,
         store=BuildStore(redis_client),
@@ -206,6 +232,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         builds_mount_from=builds_mount_from(profile.buildah_version),
         secret_key=settings.secret_key,
         concurrency=args.concurrency,
+        stage_timeout=args.stage_timeout,
+        disk_guard=guard,
     )
     emulated = emulated_platforms(platform)
     queues = [queue_for(platform), queue_for(platform, native=True)] + [queue_for(p) for p in emulated]
@@ -220,12 +248,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except InvalidMessage as error:
             log.error("task message rejected", task=BUILD_STAGE_TASK, reason=str(error))
             return
+        # A message taken just before the worker paused is passed on, not built.
+        state = guard.check()
+        if not state.accepting:
+            runner.pass_on(build_id, stage_id, state.reason or "")
+            return
         runner.run(build_id, stage_id)
+
+    hostname = f"{worker_id}@{socket.gethostname()}"
+
+    @worker_ready.connect(weak=False)
+    def start_disk_guard(**_) -> None:
+        # Remote control commands reach the worker only once it consumes, so the guard starts now.
+        guard.start()
 
     published = worker_profile(worker_id, profile, candidate, platform, emulated, args)
     serve_metrics(published, root)
-    heartbeat = Heartbeat(redis_client, worker_id, published, str(root))
+    heartbeat = Heartbeat(redis_client, worker_id, published, str(root), extra=guard.profile_fields)
     heartbeat.start()
+    guard.pause = lambda reason: _set_consuming(app, hostname, queues, heartbeat, consuming=False)
+    guard.resume = lambda: _set_consuming(app, hostname, queues, heartbeat, consuming=True)
     reaper = Reaper(runner.store, app, worker_id)
     reaper.start()
     log.info(
@@ -237,7 +279,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         app.Worker(
-            hostname=f"{worker_id}@{socket.gethostname()}",
+            hostname=hostname,
             queues=queues,
             concurrency=args.concurrency,
             pool="threads",
@@ -246,11 +288,31 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             loglevel=(args.log_level or os.environ.get("FARM_LOG_LEVEL") or "INFO").upper(),
         ).start()
     finally:
+        guard.stop()
         reaper.stop()
         heartbeat.stop()
         buildah.remove_containers()
         log.info("worker stopped", worker=worker_id)
     return 0
+
+
+def _set_consuming(
+    app: Celery, hostname: str, queues: list[str], heartbeat: Heartbeat, consuming: bool
+) -> None:
+    """Stop or start consuming `queues` on this worker, with Celery's remote control commands.
+
+    The heartbeat then publishes the change at once, so producers and
+    other workers do not wait for the next beat to see it.
+    """
+    command = app.control.add_consumer if consuming else app.control.cancel_consumer
+    for queue in queues:
+        replies = command(queue, destination=[hostname], reply=True, timeout=5)
+        if not replies:
+            log.warning("no reply to a consumer change from this worker", queue=queue, consuming=consuming)
+    try:
+        heartbeat.beat()
+    except redis.RedisError as error:
+        log.warning("worker state not published; the next heartbeat publishes it", error=str(error))
 
 
 def worker_profile(
@@ -278,6 +340,7 @@ def worker_profile(
         "platforms": [platform, *emulated],
         "emulated": emulated,
         "concurrency": args.concurrency,
+        "stage_timeout": args.stage_timeout,
         "pid": os.getpid(),
     }
 

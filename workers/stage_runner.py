@@ -31,19 +31,24 @@ from farm import redis_keys as keys
 from farm.build_store import BuildStore, StartDecision
 from farm.celery_app import send_stage, worker_queue
 from farm.errors import FarmError
-from farm.fleet import route_stage
+from farm.fleet import route_stage, worker_with_space
 from farm.registry import RegistryClient
 from farm.spec import StageResult, StageSpec
 
 from . import metrics
-from .buildah import Buildah, BuildahError, BuildOutput
+from .buildah import Buildah, BuildahError, BuildOutput, leftover_mounts
 from .cancel_watch import CancelWatch
 from .context_cache import ContextCache
+from .disk_guard import DiskGuard
 from .outage import push_with_retry, wait_out_outage
 from .secret_files import remove_secret_files, write_secret_files
 from .stage_lock import StageLock
 
 log = structlog.get_logger(__name__)
+
+# A stage that runs out of disk space moves to another worker at most this often.
+SPACE_REQUEUE_LIMIT = 3
+_NO_SPACE = "no space left on device"
 
 # Build output lines stay readable in Redis this long after the stage.
 _LOG_TTL_SECONDS = 7 * 24 * 3600
@@ -70,6 +75,8 @@ class StageRunner:
     builds_mount_from: bool = False
     concurrency: int = 1
     secret_key: str | None = field(default=None, repr=False)
+    stage_timeout: float | None = None
+    disk_guard: DiskGuard | None = None
 
     def run(self, build_id: str, stage_id: str) -> None:
         """Build stage `stage_id` of build `build_id`, unless it no longer needs building."""
@@ -103,7 +110,7 @@ class StageRunner:
             return
 
         started = time.monotonic()
-        with CancelWatch(self.store.redis, build_id) as watch:
+        with CancelWatch(self.store.redis, build_id, timeout_seconds=self.stage_timeout) as watch:
             result = self._build_once(build_id, spec, watch)
         result.seconds = round(time.monotonic() - started, 3)
 
@@ -113,10 +120,43 @@ class StageRunner:
             self._complete(build_id, spec, result)
         elif watch.cancelled:
             self._stop_cancelled(build_id, spec)
+        elif not watch.timed_out and _out_of_space(result):
+            self._requeue_for_space(build_id, spec, result)
         else:
             cancelled = self.store.fail(build_id, spec, result)
             metrics.STAGES_FAILED.labels(self.worker_id).inc()
             log.warning("stage failed", error=result.error, line=result.line, cancelled=cancelled)
+
+    def pass_on(self, build_id: str, stage_id: str, reason: str) -> None:
+        """Send a stage this worker will not start back to its queue, for another worker."""
+        spec = self.store.spec(build_id, stage_id)
+        if spec is None:
+            log.warning(
+                "stage not found in Redis; the build expired or was lost", build_id=build_id, stage=stage_id
+            )
+            return
+        send_stage(self.app, build_id, stage_id, route_stage(self.store.redis, spec))
+        log.warning("stage passed on to another worker", build_id=build_id, stage=stage_id, reason=reason)
+
+    def _requeue_for_space(self, build_id: str, spec: StageSpec, result: StageResult) -> None:
+        """Send a stage that ran out of disk space to the live worker with the most space, or fail it."""
+        if self.disk_guard:
+            self.disk_guard.check()
+        reason = f"no space left on device on worker {self.worker_id}"
+        other = worker_with_space(self.store.redis, spec, exclude=self.worker_id)
+        if other is None:
+            why = f"no other live worker that takes stages serves {spec.platform}"
+        elif self.store.requeue_held(build_id, spec.id, self.worker_id, reason, SPACE_REQUEUE_LIMIT):
+            # NOTE: if `other` pauses before it takes the stage, the stage waits in its queue.
+            send_stage(self.app, build_id, spec.id, worker_queue(other))
+            log.warning("stage re-queued: out of disk space", to_worker=other)
+            return
+        else:
+            why = f"the stage was moved {SPACE_REQUEUE_LIMIT} times already or its build ended"
+        result.error = f"{reason}, and {why}: {result.error}"
+        cancelled = self.store.fail(build_id, spec, result)
+        metrics.STAGES_FAILED.labels(self.worker_id).inc()
+        log.warning("stage failed: out of disk space", error=result.error, cancelled=cancelled)
 
     def _refuse_mount_from(self, build_id: str, spec: StageSpec) -> None:
         """Fail a stage this worker's Buildah would build wrongly, rather than push a wrong image."""
@@ -183,6 +223,8 @@ class StageRunner:
                 self.store.redis, build_id, self.secret_key, scratch, tmpfs=self.buildah.launcher is None
             )
             output = self._build(spec, dockerfile, context, log_key, watch, secrets)
+            if watch.timed_out:
+                return self._timed_out(spec, output)
             if not output.ok and wait_out_outage(self.registry):
                 log.warning("stage failed while the registry was unreachable; building it again")
                 output = self._build(spec, dockerfile, context, log_key, watch, secrets)
@@ -238,6 +280,21 @@ class StageRunner:
         except redis.RedisError as error:
             log.debug("build output expiry not set", error=str(error))
 
+    def _timed_out(self, spec: StageSpec, output: BuildOutput) -> StageResult:
+        """Clean up after Buildah was killed at the stage timeout, and return the stage's failure."""
+        # NOTE: as on cancel, `buildah rm --all` also removes the working
+        # containers of other stages this worker builds at the same time.
+        self.buildah.remove_containers()
+        left = leftover_mounts(self.buildah.storage.root)
+        if left:
+            log.warning("mounts left below the storage root after the timeout", mounts=left)
+        result = self._failure(spec, output)
+        result.error = (
+            f"worker {self.worker_id}: stage timed out after {self.stage_timeout:g} s "
+            "(farm-worker --stage-timeout); buildah was killed"
+        )
+        return result
+
     def _failure(self, spec: StageSpec, output: BuildOutput) -> StageResult:
         line = spec.from_line
         if output.last_step and output.last_step <= len(spec.step_lines):
@@ -284,3 +341,8 @@ class StageRunner:
             and dependant.parent == finished.id
             and dependant.platform in self.platforms
         )
+
+
+def _out_of_space(result: StageResult) -> bool:
+    """Return whether a failed build's output reports a full disk."""
+    return _NO_SPACE in f"{result.error or ''}\n{result.output}".lower()
