@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 import structlog
 
+from .architectures import OCI_ARCHITECTURES
 from .errors import FarmError
 from .registry import (
     OCI_MANIFEST,
@@ -60,21 +61,6 @@ DEBIAN_REPOSITORY = "library/debian"
 # Every entry of a layer gets this modification time, so that packing the
 # same files again gives the same bytes.
 LAYER_MTIME = 0
-
-# Architecture names of Python's platform.machine() mapped to OCI (GOARCH) names.
-_OCI_ARCHITECTURES = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "arm",
-    "armv6l": "arm",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
 
 # OCI platforms mapped to Debian architectures (for `apt-get download
 # PACKAGE:ARCH`) and to the names of qemu-user-static's emulators.
@@ -282,7 +268,7 @@ def host_architecture() -> str:
     """Return the OCI name (`amd64`, `arm64`, ...) of this machine's CPU architecture."""
     machine = _platform.machine().lower()
     try:
-        return _OCI_ARCHITECTURES[machine]
+        return OCI_ARCHITECTURES[machine]
     except KeyError:
         raise FarmError(f"no OCI architecture name is known for CPU architecture {machine!r}") from None
 

@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from .architectures import oci_architecture
 from .dockerfile import DockerfileSource, Instruction
 from .errors import DockerfileError
 from .flags import leading_flags, mount_fields
@@ -91,9 +92,7 @@ class StageGraph:
 
 def default_platform() -> str:
     """Return this host's platform in OCI form, such as `linux/amd64`."""
-    machine = _platform.machine().lower()
-    architecture = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
-    return f"linux/{architecture}"
+    return f"linux/{oci_architecture(_platform.machine())}"
 
 
 def platform_args(platform: str) -> dict[str, str | None]:

@@ -27,25 +27,13 @@ from pathlib import Path
 
 import structlog
 
+from farm.architectures import oci_architecture
+
 log = structlog.get_logger(__name__)
 
 RUNTIMES = ("crun", "runc")
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
 PROBE_TIMEOUT_SECONDS = 20
-
-# Architecture names of Python's platform.machine() mapped to OCI (GOARCH) names.
-_OCI_ARCHITECTURES = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "arm",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
 
 
 @dataclass
@@ -163,11 +151,6 @@ def probe_host(scratch: Path, docker_command: list[str] | None = None) -> HostPr
     profile.runtimes = {name: probe_runtime(name, scratch, rootless=not profile.is_root) for name in RUNTIMES}
     profile.buildah = probe_buildah()
     return profile
-
-
-def oci_architecture(machine: str) -> str:
-    """Return the OCI name of CPU architecture `machine`, or `machine` itself when unknown."""
-    return _OCI_ARCHITECTURES.get(machine.lower(), machine.lower())
 
 
 def probe_container() -> tuple[Check, list[str]]:
