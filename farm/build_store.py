@@ -209,7 +209,7 @@ class Event:
 
 @dataclass(frozen=True)
 class CancelOutcome:
-    """What `BuildStore.cancel` did: the build's status before, and the stages it touched."""
+    """The result of `BuildStore.cancel`: the build's status before, and the stages it changed."""
 
     found: bool
     status_before: str
@@ -222,7 +222,7 @@ class CancelOutcome:
 
 
 class StartDecision:
-    """What `BuildStore.start` tells a worker to do with a stage it received."""
+    """The action `BuildStore.start` returns to a worker for a stage it received."""
 
     SKIP = 0
     BUILD = 1
@@ -235,7 +235,7 @@ class StartDecision:
 
 @dataclass(frozen=True)
 class RunningStage:
-    """A stage marked running, and the worker process that holds it."""
+    """A stage marked running, and the worker process that builds it."""
 
     build_id: str
     stage_id: str
@@ -362,14 +362,7 @@ class BuildStore:
         """
         released = _retry_connection(
             self._complete,
-            keys=[
-                keys.states(build_id),
-                keys.build(build_id),
-                keys.results(build_id),
-                keys.events(build_id),
-                keys.stats(),
-                keys.running(),
-            ],
+            keys=_finish_keys(build_id),
             args=[
                 spec.id,
                 result.to_json(),
@@ -386,14 +379,7 @@ class BuildStore:
         """Mark a stage failed and cancel its descendants; return the stages cancelled (retried like `complete`)."""
         cancelled = _retry_connection(
             self._fail,
-            keys=[
-                keys.states(build_id),
-                keys.build(build_id),
-                keys.results(build_id),
-                keys.events(build_id),
-                keys.stats(),
-                keys.running(),
-            ],
+            keys=_finish_keys(build_id),
             args=[spec.id, result.to_json(), keys.running_field(build_id, spec.id), *spec.descendants],
         )
         return [stage.decode() for stage in cancelled]
@@ -522,6 +508,18 @@ def _retry_connection(script, **arguments):
         reraise=True,
     )
     return retrying(script, **arguments)
+
+
+def _finish_keys(build_id: str) -> list[str]:
+    """Return the keys the COMPLETE and FAIL scripts take, in their order."""
+    return [
+        keys.states(build_id),
+        keys.build(build_id),
+        keys.results(build_id),
+        keys.events(build_id),
+        keys.stats(),
+        keys.running(),
+    ]
 
 
 def decode_data(event: Event) -> dict:

@@ -48,7 +48,7 @@ _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the farm's Redis and registry are and how to reach them."""
+    """The addresses of the farm's Redis and registry, and how to reach them."""
 
     # The URL may carry the Redis password, so it stays out of repr().
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -100,7 +100,7 @@ class Settings:
 
     @property
     def stages_repository(self) -> str:
-        """Return the repository (without registry) that holds stage images."""
+        """Return the repository (without registry) of stage images."""
         return f"{self.namespace}/stages"
 
     @property
@@ -110,7 +110,7 @@ class Settings:
 
     @property
     def contexts_repository(self) -> str:
-        """Return the repository (without registry) that holds context blobs."""
+        """Return the repository (without registry) of context blobs."""
         return f"{self.namespace}/contexts"
 
 

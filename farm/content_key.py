@@ -22,7 +22,7 @@ from .stages import Stage, StageGraph, stage_reads
 
 KEY_VERSION = 2
 
-# The whole context stands in when a stage's reads cannot be narrowed.
+# The whole context is used when a stage's reads cannot be narrowed.
 WHOLE_CONTEXT = "*"
 
 _LEADING_FLAGS = re.compile(r"^(?:--\S+\s+)*")
@@ -40,7 +40,7 @@ def stage_key(
     `context_files` maps the context paths the stage reads to their
     fingerprints. `base_digest` is None when the base is another stage
     (its key is in the rendered file) or cannot be resolved; then the
-    base reference as written stands in for it.
+    key uses the base reference as written.
     """
     document = {
         "version": KEY_VERSION,
@@ -68,8 +68,8 @@ def context_files(graph: StageGraph, stage: Stage, context: PackedContext) -> di
     """Return the fingerprints of the context entries `stage` reads.
 
     Raises DockerfileError, naming the line, for a `COPY` or `ADD` source
-    that matches nothing in the context, and says so when `.dockerignore`
-    excluded it.
+    that matches nothing in the context, and names the `.dockerignore`
+    line that excluded it.
     """
     files: dict[str, str] = {}
     for instruction in stage.instructions:

@@ -109,9 +109,11 @@ class BuildFollower:
                 except (redis.ConnectionError, redis.TimeoutError) as error:
                     self._outage.wait(self.console, error)
 
-        status = (
-            "succeeded" if self.outcome.succeeded else "cancelled" if self.outcome.cancelled else "failed"
-        )
+        status = "failed"
+        if self.outcome.succeeded:
+            status = "succeeded"
+        elif self.outcome.cancelled:
+            status = "cancelled"
         self.store.finish(self.build.build_id, status, failed=" ".join(self.outcome.failed_entries))
         return self.outcome
 

@@ -30,7 +30,7 @@ _TRANSIENT_MARKERS = ("sealing memfd copy",)
 
 @dataclass(frozen=True)
 class Storage:
-    """Where a worker's images live and which storage driver manages them."""
+    """A worker's image storage: its root, run root and storage driver."""
 
     root: PurePath
     run_root: PurePath

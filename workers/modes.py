@@ -138,33 +138,26 @@ def make_buildah(
     Buildah reads or writes in docker-with-fuse mode, including the auth
     file and CA directory that `registry_flags` name.
     """
-    if candidate.mode != "docker-with-fuse":
-        storage = Storage(
-            root=root / f"storage-{candidate.storage_name}",
-            run_root=root / f"run-{candidate.storage_name}",
-            driver=candidate.driver,
-            mount_program=candidate.mount_program,
-        )
-        return Buildah(
-            storage,
-            registries_conf,
-            isolation=candidate.isolation,
-            runtime=candidate.runtime,
-            network=candidate.network,
-            registry_flags=registry_flags,
+    launcher = None
+    storage_root, run_root = (
+        root / f"storage-{candidate.storage_name}",
+        root / f"run-{candidate.storage_name}",
+    )
+    if candidate.mode == "docker-with-fuse":
+        storage_root = _CONTAINER_STORAGE / candidate.storage_name
+        run_root = _CONTAINER_RUN / candidate.storage_name
+        launcher = DockerLauncher(
+            docker=docker,
+            image=runner_image,
+            volume=docker_volume(worker_id),
+            mounts=[(registries_conf, False), *mounts],
         )
 
     storage = Storage(
-        root=_CONTAINER_STORAGE / candidate.storage_name,
-        run_root=_CONTAINER_RUN / candidate.storage_name,
+        root=storage_root,
+        run_root=run_root,
         driver=candidate.driver,
         mount_program=candidate.mount_program,
-    )
-    launcher = DockerLauncher(
-        docker=docker,
-        image=runner_image,
-        volume=docker_volume(worker_id),
-        mounts=[(registries_conf, False), *mounts],
     )
     return Buildah(
         storage,

@@ -106,7 +106,7 @@ class StageRunner:
             return
 
         if spec.mount_from_line is not None and not self.builds_mount_from:
-            self._refuse_mount_from(build_id, spec)
+            self._reject_mount_from(build_id, spec)
             return
 
         started = time.monotonic()
@@ -158,7 +158,7 @@ class StageRunner:
         metrics.STAGES_FAILED.labels(self.worker_id).inc()
         log.warning("stage failed: out of disk space", error=result.error, cancelled=cancelled)
 
-    def _refuse_mount_from(self, build_id: str, spec: StageSpec) -> None:
+    def _reject_mount_from(self, build_id: str, spec: StageSpec) -> None:
         """Fail a stage this worker's Buildah would build wrongly, rather than push a wrong image."""
         result = StageResult(
             worker=self.worker_id,
@@ -169,7 +169,7 @@ class StageRunner:
             ),
         )
         cancelled = self.store.fail(build_id, spec, result)
-        log.warning("stage refused: RUN --mount from= needs a newer Buildah", cancelled=cancelled)
+        log.warning("stage rejected: RUN --mount from= needs a Buildah newer than 1.28", cancelled=cancelled)
 
     def _build_once(self, build_id: str, spec: StageSpec, watch: CancelWatch) -> StageResult:
         """Build the stage unless its key is, or becomes, available from another build."""
