@@ -204,13 +204,18 @@ def test_chain_stays_on_one_worker(farm, tmp_path: Path) -> None:
     assert len(set(workers.values())) == 1, workers
 
 
-def test_no_cache_builds_cached_stage_again(farm, tmp_path: Path) -> None:
+def test_no_cache_runs_every_step_again(farm, tmp_path: Path) -> None:
+    """--no-cache skips the registry's stage images and Buildah's step layers alike."""
     token = uuid.uuid4().hex[:8]
-    (tmp_path / "Dockerfile").write_text(f"FROM busybox\nRUN echo {token} > /token\n")
-    _build_json(farm, str(tmp_path))
+    tag = f"{farm.registry_address}/reuse/no-cache:{token}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM busybox\nRUN echo {token} > /token && cat /proc/sys/kernel/random/uuid > /run-id\n"
+    )
+    _build_json(farm, "-t", tag, str(tmp_path))
+    first = image_files(farm.registry, tag)["/run-id"].content
 
-    again = _build_json(farm, "--no-cache", str(tmp_path))
+    again = _build_json(farm, "--no-cache", "-t", tag, str(tmp_path))
 
     stage = again["entries"][0]["stages"][0]
     assert stage["state"] == "built"
-    assert stage["worker"] != ""
+    assert image_files(farm.registry, tag)["/run-id"].content != first

@@ -140,6 +140,7 @@ class Buildah:
         build_args: dict[str, str],
         platform: str | None = None,
         layer_cache: str | None = None,
+        no_cache: bool = False,
         on_line: Callable[[str], None] | None = None,
         on_start: Callable[[subprocess.Popen], None] | None = None,
         secrets: dict[str, Path] | None = None,
@@ -148,7 +149,8 @@ class Buildah:
 
         With `layer_cache` (a repository), each step's layer is looked up
         there before it runs and pushed there after, so any worker can
-        reuse the steps another one built. `on_start` receives the Buildah
+        reuse the steps another one built; with `no_cache` every step runs
+        again and only the push to `layer_cache` remains. `on_start` receives the Buildah
         process as soon as it runs, so a caller can stop it. `secrets`
         maps secret ids to the files `RUN --mount=type=secret,id=ID` reads.
         """
@@ -156,8 +158,12 @@ class Buildah:
         command += ["-f", str(dockerfile), "-t", image]
         if platform:
             command += ["--platform", platform]
-        if layer_cache:
+        if layer_cache and no_cache:
+            command += ["--layers", "--no-cache", "--cache-to", layer_cache]
+        elif layer_cache:
             command += ["--layers", "--cache-from", layer_cache, "--cache-to", layer_cache]
+        elif no_cache:
+            command += ["--no-cache"]
         for name, value in sorted(build_args.items()):
             command += ["--build-arg", f"{name}={value}"]
         for secret_id, path in sorted((secrets or {}).items()):

@@ -263,6 +263,7 @@ class StageRunner:
             spec.build_args,
             platform=None if spec.platform == self.native_platform else spec.platform,
             layer_cache=self.layer_cache,
+            no_cache=spec.no_cache,
             on_line=lambda line: self._record_line(log_key, line),
             on_start=watch.attach,
             secrets=secrets,
