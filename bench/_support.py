@@ -11,8 +11,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
+from farm import redis_keys as keys
 from farm.base_images import make_busybox_image
 from farm.local import LocalFarm, LocalFarmState
 from farm.log import configure_logging
@@ -50,6 +54,49 @@ def run_farm(state: LocalFarmState, *arguments: str) -> tuple[float, subprocess.
         check=False,
     )
     return time.perf_counter() - started, result
+
+
+@dataclass
+class StageSpan:
+    """When one stage of a build was queued, started and finished, in epoch milliseconds."""
+
+    stage: str
+    worker: str
+    queued: int
+    started: int
+    finished: int
+
+    @property
+    def waited(self) -> int:
+        return self.started - self.queued
+
+    @property
+    def ran(self) -> int:
+        return self.finished - self.started
+
+
+def stage_timeline(redis_url: str, build_id: str) -> list[StageSpan]:
+    """Read a build's events stream into one span per stage that was built, in start order.
+
+    Stream ids are millisecond times from Redis's clock, which on one
+    machine is the clock `time.time()` reads too.
+    """
+    client = redis.Redis.from_url(redis_url)
+    queued: dict[str, int] = {}
+    started: dict[str, tuple[int, str]] = {}
+    spans = []
+    for event_id, fields in client.xrange(keys.events(build_id)):
+        millis = int(event_id.decode().split("-")[0])
+        kind = fields.get(b"type", b"").decode()
+        stage = fields.get(b"stage", b"").decode()
+        if kind == "queued":
+            queued[stage] = millis
+        elif kind == "started" and stage in queued:
+            started[stage] = (millis, fields.get(b"worker", b"").decode())
+        elif kind == "built" and stage in started:
+            start, worker = started.pop(stage)
+            spans.append(StageSpan(stage, worker, queued.pop(stage), start, millis))
+    return sorted(spans, key=lambda span: span.started)
 
 
 def machine_line() -> str:

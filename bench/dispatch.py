@@ -7,7 +7,7 @@ farm's own dispatch path (Lua release, Celery publish, broker, worker,
 start script). Both events carry Redis stream ids, which are
 millisecond times from the same clock. Targets: p50 <= 20 ms, p99 <= 100 ms.
 
-    python bench/dispatch.py [--stages 200] [--workers 2]
+    python bench/dispatch.py [--stages 1000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import local_farm, machine_line, run_farm  # noqa: E402
-
-from farm import redis_keys as keys  # noqa: E402
+from _support import local_farm, machine_line, run_farm, stage_timeline  # noqa: E402
 
 
 def write_chain(root: Path, stages: int) -> None:
@@ -37,20 +33,6 @@ def write_chain(root: Path, stages: int) -> None:
     (root / "Dockerfile").write_text("\n".join(lines))
 
 
-def latencies(client: redis.Redis, build_id: str) -> list[float]:
-    """Return queued-to-started delays in milliseconds, one per stage."""
-    queued: dict[str, int] = {}
-    delays = []
-    for event_id, fields in client.xrange(keys.events(build_id)):
-        millis = int(event_id.decode().split("-")[0])
-        kind, stage = fields.get(b"type"), fields.get(b"stage", b"").decode()
-        if kind == b"queued":
-            queued[stage] = millis
-        elif kind == b"started" and stage in queued:
-            delays.append(millis - queued.pop(stage))
-    return delays
-
-
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -58,7 +40,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", type=int, default=200, help="stages in the chain (default: 200)")
+    parser.add_argument("--stages", type=int, default=1000, help="stages in the chain (default: 1000)")
     parser.add_argument("--workers", type=int, default=2, help="workers (default: 2)")
     args = parser.parse_args()
 
@@ -72,7 +54,7 @@ def main() -> int:
             print(result.stdout, result.stderr, file=sys.stderr)
             return 1
         build_id = json.loads(result.stdout)["build_id"]
-        delays = latencies(redis.Redis.from_url(state.redis_url), build_id)
+        delays = [span.waited for span in stage_timeline(state.redis_url, build_id)]
 
     print(machine_line())
     print(

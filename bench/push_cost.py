@@ -1,11 +1,19 @@
 """Push cost: the share of a stage's time spent compressing and pushing its layer.
 
 Builds a stage with one large layer (half random, half text-like data)
-on a one-worker farm for each push compression the farm offers
-(`FARM_PUSH_COMPRESSION`: gzip, zstd, none) and reports the stage time,
-the push time within it, and the stored layer size. A dependant stage on
-a second worker then pulls the layer (locality off), which gives the
+on a two-worker farm, once with the shared layer cache on (Buildah's
+`--cache-to` pushes each step's layer with gzip while it builds) and,
+with it off, once for each push compression the farm offers
+(`FARM_PUSH_COMPRESSION`: gzip, zstd). Reports the stage time, the push
+after the build within it, and the stored layer size. A dependant stage
+on the other worker then pulls the layer (locality off), which gives the
 pull side.
+
+Then pushes the same kind of image with `buildah push` directly, once
+per flag set, including gzip at level 0 (stored, not compressed) and
+`--disable-compression`, which shows what compression itself costs:
+Buildah compresses every push to a registry, so there is no truly
+uncompressed push to compare with.
 
     python bench/push_cost.py [--megabytes 64] [--rounds 2]
 """
@@ -16,8 +24,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -46,7 +56,16 @@ def layer_megabytes(registry: RegistryClient, repository: str, digest: str) -> f
     return sum(layer["size"] for layer in manifest.json()["layers"]) / 2**20
 
 
-def measure(compression: str, megabytes: int, rounds: int) -> dict[str, float]:
+# (label, FARM_LAYER_CACHE, FARM_PUSH_COMPRESSION)
+SETTINGS = (
+    ("layer cache, gzip", "1", "gzip"),
+    ("gzip", "0", "gzip"),
+    ("zstd", "0", "zstd"),
+)
+
+
+def measure(layer_cache: str, compression: str, megabytes: int, rounds: int) -> dict[str, float]:
+    os.environ["FARM_LAYER_CACHE"] = layer_cache
     os.environ["FARM_PUSH_COMPRESSION"] = compression
     os.environ["FARM_LOCALITY"] = "0"
     rows: dict[str, list[float]] = {"stage": [], "push": [], "reader": [], "size": []}
@@ -66,6 +85,43 @@ def measure(compression: str, megabytes: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rows.items()}
 
 
+# (label, flags of `buildah push`)
+DIRECT_PUSHES = (
+    ("gzip", ["--compression-format", "gzip"]),
+    ("gzip level 0", ["--compression-format", "gzip", "--compression-level", "0"]),
+    ("zstd", ["--compression-format", "zstd"]),
+    ("--disable-compression", ["--disable-compression"]),
+)
+
+
+def direct_pushes(megabytes: int) -> list[tuple[str, float, float, str]]:
+    """Build the big stage with plain `buildah bud` once per flag set and time `buildah push`.
+
+    Each push gets a freshly built image, so no layer is already in the
+    registry. Returns (label, push seconds, layer MiB, layer media type).
+    """
+    rows = []
+    with local_farm(0) as (local, state), tempfile.TemporaryDirectory(prefix="bench-push-") as scratch:
+        storage = Path(scratch)
+        buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(local.registries_conf)}
+        registry = RegistryClient(state.registry, insecure=True)
+        for label, flags in DIRECT_PUSHES:
+            (storage / "Dockerfile").write_text(dockerfile(megabytes).split("\n\n")[0] + "\n")
+            image = f"{state.registry}/bench/push:{uuid.uuid4().hex[:8]}"
+            command = [*buildah, "bud", "--isolation", "chroot", "-t", image, str(storage)]
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            started = time.perf_counter()
+            command = [*buildah, "push", "--tls-verify=false", *flags, image, f"docker://{image}"]
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            seconds = time.perf_counter() - started
+            layer = registry.get_manifest("bench/push", image.rsplit(":", 1)[1]).json()["layers"][-1]
+            rows.append((label, seconds, layer["size"] / 2**20, layer["mediaType"].rsplit(".", 1)[-1]))
+        registry.close()
+        subprocess.run([*buildah, "rmi", "--all", "--force"], capture_output=True, check=False)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -75,23 +131,27 @@ def main() -> int:
     args = parser.parse_args()
 
     results = {
-        compression: measure(compression, args.megabytes, args.rounds)
-        for compression in ("gzip", "zstd", "none")
+        label: measure(layer_cache, compression, args.megabytes, args.rounds)
+        for label, layer_cache, compression in SETTINGS
     }
+    direct = direct_pushes(args.megabytes)
 
     print(machine_line())
     print(
         f"one stage writing ~{args.megabytes} MiB, medians of {args.rounds} builds; reader = dependant stage on another worker"
     )
-    print(
-        f"{'compression':<12} {'stage s':>8} {'push s':>7} {'push share':>11} {'layer MiB':>10} {'reader s':>9}"
-    )
+    print(f"{'push':<18} {'stage s':>8} {'push s':>7} {'push share':>11} {'layer MiB':>10} {'reader s':>9}")
     for compression, row in results.items():
         share = row["push"] / row["stage"] if row["stage"] else 0.0
         print(
-            f"{compression:<12} {row['stage']:>8.2f} {row['push']:>7.2f} {share:>11.0%} "
+            f"{compression:<18} {row['stage']:>8.2f} {row['push']:>7.2f} {share:>11.0%} "
             f"{row['size']:>10.1f} {row['reader']:>9.2f}"
         )
+    print()
+    print("buildah push of the same kind of image, one freshly built image per row")
+    print(f"{'buildah push':<24} {'push s':>7} {'layer MiB':>10} {'media type':>11}")
+    for label, seconds, size, media_type in direct:
+        print(f"{label:<24} {seconds:>7.2f} {size:>10.1f} {media_type:>11}")
     return 0
 
 

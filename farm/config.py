@@ -14,7 +14,7 @@
 | `FARM_NAMESPACE` | repository prefix for stage images and contexts | `farm` |
 | `FARM_MIRROR_DOCKER_IO` | `1` makes the registry a mirror of docker.io for base images | `0` |
 | `FARM_LAYER_CACHE` | `1` shares each build step's layer through `<namespace>/cache` | `1` |
-| `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip`, `zstd` or `none` | `gzip` |
+| `FARM_PUSH_COMPRESSION` | layer compression of stage pushes: `gzip` or `zstd` (Buildah always compresses pushes to a registry) | `gzip` |
 | `FARM_LOCALITY` | `1` keeps a stage on the worker that built the stage it starts `FROM` | `1` |
 | `FARM_VISIBILITY_TIMEOUT` | seconds before Redis gives an unacknowledged stage message to another worker | `3600` |
 | `FARM_CONTEXT_LIMIT` | largest build context, in bytes or with a suffix K, M, G, T (powers of 1024) | `2G` |
@@ -82,7 +82,7 @@ class Settings:
             mirror_docker_io=_flag(env.get("FARM_MIRROR_DOCKER_IO"), False),
             layer_cache=_flag(env.get("FARM_LAYER_CACHE"), True),
             locality=_flag(env.get("FARM_LOCALITY"), True),
-            push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd", "none"), "gzip"),
+            push_compression=_choice(env, "FARM_PUSH_COMPRESSION", ("gzip", "zstd"), "gzip"),
             visibility_timeout=_seconds(env, "FARM_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_SECONDS),
             redis_ca_file=_file(env, "FARM_REDIS_CA_FILE"),
             redis_cert_file=_file(env, "FARM_REDIS_CERT_FILE"),
