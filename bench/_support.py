@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -27,6 +28,11 @@ FARM = str(Path(sys.executable).with_name("farm"))
 # The tables go to standard output; the farm's own logs only when something is wrong.
 configure_logging("WARNING")
 
+# How the workers of the farms this process started build (mode, storage
+# driver, isolation), for `machine_line`: each table is printed after its
+# farm has stopped.
+_worker_setups: set[str] = set()
+
 
 @contextlib.contextmanager
 def local_farm(workers: int) -> Iterator[tuple[LocalFarm, LocalFarmState]]:
@@ -37,6 +43,7 @@ def local_farm(workers: int) -> Iterator[tuple[LocalFarm, LocalFarmState]]:
     try:
         with RegistryClient(state.registry, insecure=True) as registry:
             make_busybox_image(registry, directory / "base-images")
+        _worker_setups.update(_read_worker_setups(state.redis_url))
         yield local, state
     finally:
         local.stop()
@@ -99,9 +106,23 @@ def stage_timeline(redis_url: str, build_id: str) -> list[StageSpan]:
     return sorted(spans, key=lambda span: span.started)
 
 
+def _read_worker_setups(redis_url: str) -> set[str]:
+    """Return each live worker's mode, storage driver and isolation as one string."""
+    client = redis.Redis.from_url(redis_url)
+    setups = set()
+    for key in client.scan_iter(match=keys.worker("*"), _type="string"):
+        profile = json.loads(client.get(key) or "{}")
+        if "mode" in profile:
+            setups.add(f"{profile['mode']}, {profile['driver']} storage, {profile['isolation']} isolation")
+    return setups
+
+
 def machine_line() -> str:
-    """Describe the machine the figures come from: cores, Python, Buildah."""
+    """Describe the machine the figures come from: cores, Python, Buildah, and how the workers build."""
     buildah = subprocess.run(
         ["buildah", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    return f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {buildah}"
+    line = f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {buildah}"
+    if _worker_setups:
+        line += f"; workers: {'; '.join(sorted(_worker_setups))}"
+    return line

@@ -210,3 +210,18 @@ def test_no_stage_left_running(farm) -> None:
     assert sum(farm.redis.llen(queue) for queue in QUEUES) == 0
     for key in farm.redis.scan_iter(match=keys.states("*")):
         assert b"running" not in farm.redis.hvals(key), key
+
+
+def test_specs_of_reads_named_stages(farm, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox AS one\nLABEL step=one\n\nFROM one AS two\nLABEL step=two\n\nFROM two\nLABEL step=three\n"
+    )
+    result = farm.cli("build", "--json", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    build_id = json.loads(result.stdout)["build_id"]
+
+    specs = BuildStore(farm.redis).specs_of(build_id, ["two", "missing"])
+
+    assert list(specs) == ["two"]
+    assert specs["two"].parent == "one"
+    assert specs["two"].descendants == ["2"]

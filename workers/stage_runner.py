@@ -313,7 +313,7 @@ class StageRunner:
         released = self.store.complete(build_id, spec, result)
         if not released:
             return
-        specs = self.store.specs(build_id)
+        specs = self.store.specs_of(build_id, released)
         kept_here = 0
         for stage_id in released:
             dependant = specs[stage_id]
