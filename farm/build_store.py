@@ -323,7 +323,9 @@ class BuildStore:
         descendants, so all specs of a long chain grow with its length squared.
         """
         raw = self.redis.hmget(keys.specs(build_id), stage_ids) if stage_ids else []
-        return {stage_id: StageSpec.from_json(text) for stage_id, text in zip(stage_ids, raw) if text}
+        return {
+            stage_id: StageSpec.from_json(text) for stage_id, text in zip(stage_ids, raw, strict=True) if text
+        }
 
     def record(self, build_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(keys.build(build_id))
