@@ -2,12 +2,13 @@
 
 A diamond-shaped Dockerfile whose shared parent is a large toolchain
 stage (random data, so nothing compresses it away): two stages start
-`FROM` it and a final stage copies from both. With locality on, a stage
-runs on the worker that built its `FROM` parent, whose storage already
-has the layers. The registry's access log gives the bytes served by blob
-downloads during the build.
+`FROM` it and a final stage copies from both. Then a chain: the same
+toolchain stage and two stages each `FROM` the one before. With
+locality on, a stage runs on the worker that built its `FROM` parent,
+whose storage already has the layers. The registry's access log gives
+the bytes served by blob downloads during the build.
 
-    python bench/locality.py [--megabytes 64] [--rounds 2]
+    python bench/locality.py [--megabytes 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -47,20 +48,34 @@ def diamond(megabytes: int) -> str:
     )
 
 
+def chain(megabytes: int) -> str:
+    token = uuid.uuid4().hex[:8]
+    return (
+        "FROM busybox AS toolchain\n"
+        f"RUN echo {token} > /token && dd if=/dev/urandom of=/toolchain bs=1M count={megabytes} 2>/dev/null\n"
+        "\n"
+        "FROM toolchain AS compile\n"
+        "RUN sleep 1 && head -c 1024 /toolchain > /compiled\n"
+        "\n"
+        "FROM compile\n"
+        "RUN sleep 1 && cp /compiled /linked\n"
+    )
+
+
 def pulled_bytes(log: Path, offset: int) -> int:
     with open(log, errors="replace") as stream:
         stream.seek(offset)
         return sum(int(match.group(1)) for match in _BLOB_GET.finditer(stream.read()))
 
 
-def measure(locality: bool, megabytes: int, rounds: int) -> tuple[float, float]:
-    """Return the median makespan (s) and bytes pulled (MiB) over `rounds` builds."""
+def measure(shape, locality: bool, megabytes: int, rounds: int) -> tuple[float, float]:
+    """Return the median makespan (s) and bytes pulled (MiB) over `rounds` builds of `shape`."""
     os.environ["FARM_LOCALITY"] = "1" if locality else "0"
     seconds_list, pulled_list = [], []
     with local_farm(2) as (local, state), tempfile.TemporaryDirectory(prefix="bench-locality-") as scratch:
         log = Path(next(s.log for s in local.load().services if s.name == "registry"))
         for _ in range(rounds):
-            (Path(scratch) / "Dockerfile").write_text(diamond(megabytes))
+            (Path(scratch) / "Dockerfile").write_text(shape(megabytes))
             offset = log.stat().st_size
             seconds, result = run_farm(state, "build", scratch)
             if result.returncode != 0:
@@ -73,18 +88,20 @@ def measure(locality: bool, megabytes: int, rounds: int) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=64, help="size of the toolchain layer (default: 64)")
-    parser.add_argument("--rounds", type=int, default=2, help="builds per setting (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="builds per shape and setting (default: 3)")
     args = parser.parse_args()
 
-    rows = [(setting, *measure(setting == "on", args.megabytes, args.rounds)) for setting in ("on", "off")]
+    rows = [
+        (name, setting, *measure(shape, setting == "on", args.megabytes, args.rounds))
+        for name, shape in (("diamond", diamond), ("chain", chain))
+        for setting in ("on", "off")
+    ]
 
     print(machine_line())
-    print(
-        f"diamond Dockerfile, {args.megabytes} MiB toolchain parent, 2 workers, medians of {args.rounds} builds"
-    )
-    print(f"{'locality':<9} {'makespan s':>11} {'pulled MiB':>11}")
-    for setting, seconds, pulled in rows:
-        print(f"{setting:<9} {seconds:>11.1f} {pulled:>11.1f}")
+    print(f"{args.megabytes} MiB toolchain parent, 2 workers, medians of {args.rounds} builds")
+    print(f"{'shape':<8} {'locality':<9} {'makespan s':>11} {'pulled MiB':>11}")
+    for name, setting, seconds, pulled in rows:
+        print(f"{name:<8} {setting:<9} {seconds:>11.1f} {pulled:>11.1f}")
     return 0
 
 

@@ -8,6 +8,12 @@ running, and the rest, which is the farm's own Redis, registry and
 Celery work. Also times the imports of the `farm` command, which every
 build pays before it submits.
 
+Then times Buildah alone on the first stage of each Dockerfile, in its
+own storage, three ways. `buildah bud` as a user runs it; `buildah bud`
+as a worker runs it, with `--layers` and `--cache-to` pushing each
+step's layer to the layer cache; and `buildah push` of the image that
+the first way built.
+
 Needs py-spy (`pip install py-spy`, or the project's `bench` extra).
 
     python bench/worker_profile.py [--builds 5] [--debian]
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +64,47 @@ def split_samples(raw: Path) -> collections.Counter[str]:
         part = next((name for name, frame in _PARTS if frame in stack), "farm (Python)")
         counts[part] += int(number)
     return counts
+
+
+def buildah_alone(local, state, first_stage: str, rounds: int) -> dict[str, float]:
+    """Time `buildah bud` plain, `buildah bud` as a worker runs it, and `buildah push`; return medians."""
+    times: dict[str, list[float]] = {"bud": [], "worker bud": [], "push": []}
+    with tempfile.TemporaryDirectory(prefix="bench-buildah-") as scratch:
+        storage = Path(scratch)
+        buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        bud = [*buildah, "bud", "--isolation", "chroot", "--network", "host", "--tls-verify=false"]
+        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(local.registries_conf)}
+        cache = f"{state.registry}/bench/cache"
+
+        def timed(command: list[str]) -> float:
+            started = time.perf_counter()
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            return time.perf_counter() - started
+
+        for _ in range(rounds):
+            image = f"{state.registry}/bench/alone:{uuid.uuid4().hex[:8]}"
+            (storage / "Dockerfile").write_text(_with_token(first_stage))
+            times["bud"].append(timed([*bud, "-t", image, str(storage)]))
+            times["push"].append(timed([*buildah, "push", "--tls-verify=false", image, f"docker://{image}"]))
+            (storage / "Dockerfile").write_text(_with_token(first_stage))
+            worker_flags = ["--layers", "--cache-from", cache, "--cache-to", cache]
+            times["worker bud"].append(timed([*bud, *worker_flags, "-t", f"{image}-w", str(storage)]))
+        subprocess.run([*buildah, "rmi", "--all", "--force"], capture_output=True, check=False)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def first_stage(dockerfile: str) -> str:
+    """Return the first stage of a Dockerfile without its name, comments and blank lines."""
+    lines = dockerfile.split("\n\nFROM ")[0].splitlines()
+    instructions = [line for line in lines if line.strip() and not line.startswith("#")]
+    instructions[0] = instructions[0].split(" AS ")[0]
+    return "\n".join(instructions) + "\n"
+
+
+def _with_token(stage: str) -> str:
+    """Insert a RUN with a new token after the FROM line, so that no step is ever cached."""
+    from_line, rest = stage.split("\n", 1)
+    return f"{from_line}\nRUN echo {uuid.uuid4().hex} > /token\n{rest}"
 
 
 def import_seconds() -> float:
@@ -117,6 +166,11 @@ def main() -> int:
             sampler.wait()
             rows.append((name, stages, split_samples(raw)))
 
+        alone = []
+        for name, context in contexts:
+            text = (context / "Dockerfile").read_text()
+            alone.append((name, buildah_alone(local, state, first_stage(text), args.builds)))
+
     print(machine_line())
     print(
         f"py-spy samples ({_SAMPLES_PER_SECOND}/s) of the worker thread that builds stages, --no-cache builds"
@@ -130,6 +184,11 @@ def main() -> int:
             f"{counts['farm (Python)'] / total:>7.0%} {farm_ms:>14.1f}"
         )
     print(f"imports of the farm command's build path: {import_seconds():.2f} s per build")
+    print()
+    print(f"Buildah alone on the first stage of each Dockerfile, medians of {args.builds} runs")
+    print(f"{'first stage of':<16} {'bud s':>6} {'worker bud s':>13} {'push s':>7}")
+    for name, figures in alone:
+        print(f"{name:<16} {figures['bud']:>6.2f} {figures['worker bud']:>13.2f} {figures['push']:>7.2f}")
     return 0
 
 

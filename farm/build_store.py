@@ -320,7 +320,8 @@ class BuildStore:
         """Return the specs of some stages of a build, skipping ids it does not have.
 
         Cheaper than `specs` on the dispatch path: each spec lists its
-        descendants, so all specs of a long chain grow with its length squared.
+        descendants, so the specs of a chain together grow with the square
+        of its length.
         """
         raw = self.redis.hmget(keys.specs(build_id), stage_ids) if stage_ids else []
         return {
