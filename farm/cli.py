@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "--platform", help="comma-separated platforms, such as linux/amd64,linux/arm64 (default: this host's)"
     )
     build.add_argument(
-        "--no-cache", action="store_true", help="build every stage even when its key is in the registry"
+        "--no-cache",
+        action="store_true",
+        help="build every stage and run every step again, even when the registry has them",
     )
     build.add_argument(
         "--secret",
