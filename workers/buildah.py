@@ -149,10 +149,11 @@ class Buildah:
 
         With `layer_cache` (a repository), each step's layer is looked up
         there before it runs and pushed there after, so any worker can
-        reuse the steps another one built; with `no_cache` every step runs
-        again and only the push to `layer_cache` remains. `on_start` receives the Buildah
-        process as soon as it runs, so a caller can stop it. `secrets`
-        maps secret ids to the files `RUN --mount=type=secret,id=ID` reads.
+        reuse the steps another one built. With `no_cache` every step runs
+        again, and only the push to `layer_cache` remains. `on_start`
+        receives the Buildah process as soon as it runs, so a caller can
+        stop it. `secrets` maps secret ids to the files
+        `RUN --mount=type=secret,id=ID` reads.
         """
         command = [*self._base(), "bud", *self.isolation_flags(), *self.registry_flags]
         command += ["-f", str(dockerfile), "-t", image]
