@@ -98,7 +98,7 @@ def main() -> int:
     ]
 
     print(machine_line())
-    print(f"{args.megabytes} MiB toolchain parent, 2 workers, medians of {args.rounds} builds")
+    print(f"{args.megabytes} MiB toolchain parent, 2 workers, median of {args.rounds} build(s)")
     print(f"{'shape':<8} {'locality':<9} {'makespan s':>11} {'pulled MiB':>11}")
     for name, setting, seconds, pulled in rows:
         print(f"{name:<8} {setting:<9} {seconds:>11.1f} {pulled:>11.1f}")

@@ -1,6 +1,7 @@
 """Push cost: the share of a stage's time spent compressing and pushing its layer.
 
-Builds a stage with one large layer (half random, half text-like data)
+Builds a stage with one large layer (random data and `seq` text of
+about the same size, so a bit more than --megabytes in all)
 on a two-worker farm, once with the shared layer cache on (Buildah's
 `--cache-to` pushes each step's layer with gzip while it builds) and,
 with it off, once for each push compression the farm offers
@@ -58,9 +59,9 @@ def layer_megabytes(registry: RegistryClient, repository: str, digest: str) -> f
 
 # (label, FARM_LAYER_CACHE, FARM_PUSH_COMPRESSION)
 SETTINGS = (
-    ("layer cache, gzip", "1", "gzip"),
-    ("gzip", "0", "gzip"),
-    ("zstd", "0", "zstd"),
+    ("layer cache on, gzip", "1", "gzip"),
+    ("layer cache off, gzip", "0", "gzip"),
+    ("layer cache off, zstd", "0", "zstd"),
 )
 
 
@@ -138,13 +139,13 @@ def main() -> int:
 
     print(machine_line())
     print(
-        f"one stage writing ~{args.megabytes} MiB, medians of {args.rounds} builds; reader = dependant stage on another worker"
+        f"one stage writing ~{args.megabytes} MiB, median of {args.rounds} build(s); reader = dependant stage on another worker"
     )
-    print(f"{'push':<18} {'stage s':>8} {'push s':>7} {'push share':>11} {'layer MiB':>10} {'reader s':>9}")
+    print(f"{'push':<22} {'stage s':>8} {'push s':>7} {'push share':>11} {'layer MiB':>10} {'reader s':>9}")
     for compression, row in results.items():
         share = row["push"] / row["stage"] if row["stage"] else 0.0
         print(
-            f"{compression:<18} {row['stage']:>8.2f} {row['push']:>7.2f} {share:>11.0%} "
+            f"{compression:<22} {row['stage']:>8.2f} {row['push']:>7.2f} {share:>11.0%} "
             f"{row['size']:>10.1f} {row['reader']:>9.2f}"
         )
     print()

@@ -9,10 +9,13 @@ Celery work. Also times the imports of the `farm` command, which every
 build pays before it submits.
 
 Then times Buildah alone on the first stage of each Dockerfile, in its
-own storage, three ways. `buildah bud` as a user runs it; `buildah bud`
-as a worker runs it, with `--layers` and `--cache-to` pushing each
-step's layer to the layer cache; and `buildah push` of the image that
-the first way built.
+own storage, three ways: `buildah bud` as a user runs it, `buildah bud`
+as a worker runs it, and `buildah push` of the image that the first way
+built. A worker adds `--layers` and `--cache-to`, which pushes each
+step's layer to the layer cache.
+
+Each table says how many builds or runs its figures come from, which
+`--builds` sets.
 
 Needs py-spy (`pip install py-spy`, or the project's `bench` extra).
 
@@ -45,10 +48,14 @@ from farm.registry import RegistryClient  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _SAMPLES_PER_SECOND = 250
 
-# A sample belongs to a stage when the stage runner is on its stack. The
-# Buildah frame on the same stack, if any, names what the stage was doing.
+# A sample belongs to a stage when the stage runner is on its stack, so
+# Celery's own handling of the task message is not counted. The first of
+# these frames found on the same stack names what the stage was doing:
+# relaying a line of Buildah's output to Redis is the farm's work, even
+# while `buildah bud` runs.
 _STAGE_FRAME = "StageRunner.run "
 _PARTS = (
+    ("farm (Python)", "StageRunner._record_line "),
     ("buildah bud", "Buildah._stream "),
     ("buildah push", "Buildah.push "),
 )
