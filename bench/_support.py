@@ -22,14 +22,15 @@ from farm.base_images import make_busybox_image
 from farm.local import LocalFarm, LocalFarmState
 from farm.log import configure_logging
 from farm.registry import RegistryClient
+from workers.buildah import Storage
 
 FARM = str(Path(sys.executable).with_name("farm"))
 
 # The tables go to standard output; the farm's own logs only when something is wrong.
 configure_logging("WARNING")
 
-# How the workers of the farms this process started build (mode, storage
-# driver, isolation), for `machine_line`: each table is printed after its
+# The mode, storage driver and isolation of the workers this process
+# started, kept for `machine_line` because each table is printed after its
 # farm has stopped.
 _worker_setups: set[str] = set()
 
@@ -48,6 +49,39 @@ def local_farm(workers: int) -> Iterator[tuple[LocalFarm, LocalFarmState]]:
     finally:
         local.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class OwnBuildah:
+    """A `buildah` command line and environment over a storage outside every worker, for plain runs."""
+
+    command: list[str]
+    env: dict[str, str]
+    context: Path
+
+    def run(self, *arguments: str) -> float:
+        """Run one Buildah verb and return its wall time in seconds."""
+        started = time.perf_counter()
+        subprocess.run([*self.command, *arguments], env=self.env, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def own_buildah(registries_conf: Path) -> Iterator[OwnBuildah]:
+    """Yield Buildah with an overlay storage and a context directory of its own, and remove its images afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-buildah-") as scratch:
+        storage = Storage(Path(scratch) / "root", Path(scratch) / "run", "overlay")
+        context = Path(scratch) / "context"
+        context.mkdir()
+        buildah = OwnBuildah(
+            ["buildah", *storage.global_flags()],
+            {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries_conf)},
+            context,
+        )
+        try:
+            yield buildah
+        finally:
+            subprocess.run([*buildah.command, "rmi", "--all", "--force"], capture_output=True, check=False)
 
 
 def run_farm(state: LocalFarmState, *arguments: str) -> tuple[float, subprocess.CompletedProcess]:

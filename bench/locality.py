@@ -30,11 +30,17 @@ from _support import local_farm, machine_line, run_farm  # noqa: E402
 _BLOB_GET = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 200 (\d+)')
 
 
-def diamond(megabytes: int) -> str:
+def _toolchain(megabytes: int) -> str:
+    """Return a first stage `toolchain` of `megabytes` of random data, with a new token so it is never cached."""
     token = uuid.uuid4().hex[:8]
     return (
         "FROM busybox AS toolchain\n"
         f"RUN echo {token} > /token && dd if=/dev/urandom of=/toolchain bs=1M count={megabytes} 2>/dev/null\n"
+    )
+
+
+def diamond(megabytes: int) -> str:
+    return _toolchain(megabytes) + (
         "\n"
         "FROM toolchain AS left\n"
         "RUN sleep 1 && head -c 1024 /toolchain > /left\n"
@@ -49,10 +55,7 @@ def diamond(megabytes: int) -> str:
 
 
 def chain(megabytes: int) -> str:
-    token = uuid.uuid4().hex[:8]
-    return (
-        "FROM busybox AS toolchain\n"
-        f"RUN echo {token} > /token && dd if=/dev/urandom of=/toolchain bs=1M count={megabytes} 2>/dev/null\n"
+    return _toolchain(megabytes) + (
         "\n"
         "FROM toolchain AS compile\n"
         "RUN sleep 1 && head -c 1024 /toolchain > /compiled\n"

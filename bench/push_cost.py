@@ -25,16 +25,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import local_farm, machine_line, run_farm  # noqa: E402
+from _support import local_farm, machine_line, own_buildah, run_farm  # noqa: E402
 
 from farm.registry import RegistryClient  # noqa: E402
 
@@ -102,24 +100,17 @@ def direct_pushes(megabytes: int) -> list[tuple[str, float, float, str]]:
     registry. Returns (label, push seconds, layer MiB, layer media type).
     """
     rows = []
-    with local_farm(0) as (local, state), tempfile.TemporaryDirectory(prefix="bench-push-") as scratch:
-        storage = Path(scratch)
-        buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
-        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(local.registries_conf)}
+    with local_farm(0) as (local, state), own_buildah(local.registries_conf) as buildah:
         registry = RegistryClient(state.registry, insecure=True)
         for label, flags in DIRECT_PUSHES:
-            (storage / "Dockerfile").write_text(dockerfile(megabytes).split("\n\n")[0] + "\n")
-            image = f"{state.registry}/bench/push:{uuid.uuid4().hex[:8]}"
-            command = [*buildah, "bud", "--isolation", "chroot", "-t", image, str(storage)]
-            subprocess.run(command, env=env, check=True, capture_output=True)
-            started = time.perf_counter()
-            command = [*buildah, "push", "--tls-verify=false", *flags, image, f"docker://{image}"]
-            subprocess.run(command, env=env, check=True, capture_output=True)
-            seconds = time.perf_counter() - started
-            layer = registry.get_manifest("bench/push", image.rsplit(":", 1)[1]).json()["layers"][-1]
+            (buildah.context / "Dockerfile").write_text(dockerfile(megabytes).split("\n\n")[0] + "\n")
+            tag = uuid.uuid4().hex[:8]
+            image = f"{state.registry}/bench/push:{tag}"
+            buildah.run("bud", "--isolation", "chroot", "-t", image, str(buildah.context))
+            seconds = buildah.run("push", "--tls-verify=false", *flags, image, f"docker://{image}")
+            layer = registry.get_manifest("bench/push", tag).json()["layers"][-1]
             rows.append((label, seconds, layer["size"] / 2**20, layer["mediaType"].rsplit(".", 1)[-1]))
         registry.close()
-        subprocess.run([*buildah, "rmi", "--all", "--force"], capture_output=True, check=False)
     return rows
 
 

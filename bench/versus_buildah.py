@@ -14,18 +14,14 @@ deliver its image. Target: farm / buildah <= 1.10.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import local_farm, machine_line, run_farm  # noqa: E402
+from _support import OwnBuildah, local_farm, machine_line, own_buildah, run_farm  # noqa: E402
 
 from farm.base_images import make_debian_image  # noqa: E402
 from farm.registry import RegistryClient  # noqa: E402
@@ -45,24 +41,20 @@ COPY --from=compile /compiled /out/compiled
 """
 
 
-def buildah_bud(storage: Path, conf: Path, context: Path, jobs: int | None, push_to: str | None) -> float:
+def buildah_bud(buildah: OwnBuildah, context: Path, jobs: int | None, push_to: str | None) -> float:
     """Time `buildah bud` of `context`; with `push_to`, also the push of its result there."""
-    buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
-    command = [*buildah, "--storage-driver", "overlay", "bud", "--isolation", "chroot"]
+    bud = ["bud", "--isolation", "chroot"]
     if jobs:
-        command += ["--jobs", str(jobs)]
+        bud += ["--jobs", str(jobs)]
     if push_to:
-        command += ["-t", push_to]
-    env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
-    started = time.perf_counter()
-    subprocess.run([*command, str(context)], check=True, capture_output=True, env=env)
+        bud += ["-t", push_to]
+    seconds = buildah.run(*bud, str(context))
     if push_to:
-        push = [*buildah, "push", "--tls-verify=false", push_to, f"docker://{push_to}"]
-        subprocess.run(push, check=True, capture_output=True, env=env)
-    return time.perf_counter() - started
+        seconds += buildah.run("push", "--tls-verify=false", push_to, f"docker://{push_to}")
+    return seconds
 
 
-def compare(name: str, context: Path, rounds: int, state, conf: Path, storage: Path, rewrite) -> tuple:
+def compare(name: str, context: Path, rounds: int, state, buildah: OwnBuildah, rewrite) -> tuple:
     """Alternate the farm and the three Buildah runs `rounds` times; return the medians."""
     times: dict[str, list[float]] = {"farm": [], "bud": [], "jobs": [], "push": []}
     for _ in range(rounds):
@@ -72,12 +64,12 @@ def compare(name: str, context: Path, rounds: int, state, conf: Path, storage: P
             raise SystemExit(result.stdout + result.stderr)
         times["farm"].append(seconds)
         rewrite()
-        times["bud"].append(buildah_bud(storage, conf, context, None, None))
+        times["bud"].append(buildah_bud(buildah, context, None, None))
         rewrite()
-        times["jobs"].append(buildah_bud(storage, conf, context, 2, None))
+        times["jobs"].append(buildah_bud(buildah, context, 2, None))
         rewrite()
         tag = f"{state.registry}/bench/versus:{uuid.uuid4().hex[:8]}"
-        times["push"].append(buildah_bud(storage, conf, context, None, tag))
+        times["push"].append(buildah_bud(buildah, context, None, tag))
     return name, *(statistics.median(times[key]) for key in ("farm", "bud", "jobs", "push"))
 
 
@@ -90,24 +82,19 @@ def main() -> int:
     args = parser.parse_args()
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-versus-") as scratch, local_farm(1) as (local, state):
-        storage = Path(scratch) / "buildah"
-        conf = local.registries_conf
-        context = Path(scratch) / "busybox"
-        context.mkdir()
+    with local_farm(1) as (local, state), own_buildah(local.registries_conf) as buildah:
+        context = buildah.context
 
         def rewrite_busybox() -> None:
             (context / "Dockerfile").write_text(BUSYBOX.format(token=uuid.uuid4().hex[:8]))
 
-        rows.append(compare("3-stage busybox", context, args.rounds, state, conf, storage, rewrite_busybox))
+        rows.append(compare("3-stage busybox", context, args.rounds, state, buildah, rewrite_busybox))
         if args.debian:
             with RegistryClient(state.registry, insecure=True) as registry:
                 make_debian_image(registry, local.directory / "base-images")
             rows.append(
-                compare("debian + gcc", EXAMPLES / "hello-c", args.rounds, state, conf, storage, lambda: None)
+                compare("debian + gcc", EXAMPLES / "hello-c", args.rounds, state, buildah, lambda: None)
             )
-        buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
-        subprocess.run([*buildah, "rmi", "--all", "--force"], capture_output=True, check=False)
 
     print(machine_line())
     print(

@@ -14,7 +14,7 @@ as a worker runs it, and `buildah push` of the image that the first way
 built. A worker adds `--layers` and `--cache-to`, which pushes each
 step's layer to the layer cache.
 
-Each table says how many builds or runs its figures come from, which
+Each table names how many builds or runs its figures come from, which
 `--builds` sets.
 
 Needs py-spy (`pip install py-spy`, or the project's `bench` extra).
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shutil
 import signal
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import local_farm, machine_line, run_farm  # noqa: E402
+from _support import local_farm, machine_line, own_buildah, run_farm  # noqa: E402
 from versus_buildah import BUSYBOX  # noqa: E402
 
 from farm.base_images import make_debian_image  # noqa: E402
@@ -76,27 +75,21 @@ def split_samples(raw: Path) -> collections.Counter[str]:
 def buildah_alone(local, state, first_stage: str, rounds: int) -> dict[str, float]:
     """Time `buildah bud` plain, `buildah bud` as a worker runs it, and `buildah push`; return medians."""
     times: dict[str, list[float]] = {"bud": [], "worker bud": [], "push": []}
-    with tempfile.TemporaryDirectory(prefix="bench-buildah-") as scratch:
-        storage = Path(scratch)
-        buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
-        bud = [*buildah, "bud", "--isolation", "chroot", "--network", "host", "--tls-verify=false"]
-        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(local.registries_conf)}
-        cache = f"{state.registry}/bench/cache"
-
-        def timed(command: list[str]) -> float:
-            started = time.perf_counter()
-            subprocess.run(command, env=env, check=True, capture_output=True)
-            return time.perf_counter() - started
-
+    cache = f"{state.registry}/bench/cache"
+    worker_flags = ["--layers", "--cache-from", cache, "--cache-to", cache]
+    with own_buildah(local.registries_conf) as buildah:
+        bud = ["bud", "--isolation", "chroot", "--network", "host", "--tls-verify=false"]
+        dockerfile = buildah.context / "Dockerfile"
         for _ in range(rounds):
             image = f"{state.registry}/bench/alone:{uuid.uuid4().hex[:8]}"
-            (storage / "Dockerfile").write_text(_with_token(first_stage))
-            times["bud"].append(timed([*bud, "-t", image, str(storage)]))
-            times["push"].append(timed([*buildah, "push", "--tls-verify=false", image, f"docker://{image}"]))
-            (storage / "Dockerfile").write_text(_with_token(first_stage))
-            worker_flags = ["--layers", "--cache-from", cache, "--cache-to", cache]
-            times["worker bud"].append(timed([*bud, *worker_flags, "-t", f"{image}-w", str(storage)]))
-        subprocess.run([*buildah, "rmi", "--all", "--force"], capture_output=True, check=False)
+            dockerfile.write_text(_with_token(first_stage))
+            times["bud"].append(buildah.run(*bud, "-t", image, str(buildah.context)))
+            times["push"].append(buildah.run("push", "--tls-verify=false", image, f"docker://{image}"))
+
+            dockerfile.write_text(_with_token(first_stage))
+            times["worker bud"].append(
+                buildah.run(*bud, *worker_flags, "-t", f"{image}-w", str(buildah.context))
+            )
     return {name: statistics.median(values) for name, values in times.items()}
 
 
