@@ -426,9 +426,7 @@ class BuildStore:
     def expire(self, build_id: str) -> None:
         """Let a finished build's keys expire after `BUILD_TTL_SECONDS`; delete its secrets now."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in self._build_keys(build_id):
-            pipe.expire(key, keys.BUILD_TTL_SECONDS)
-        pipe.delete(keys.secrets(build_id))
+        self._expire_keys(pipe, build_id)
         pipe.execute()
 
     def running_stages(self) -> list[RunningStage]:
@@ -477,9 +475,7 @@ class BuildStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.build(build_id), mapping={"status": status, "finished": str(time.time()), **fields})
         pipe.xadd(keys.events(build_id), {"type": status, **fields})
-        for key in self._build_keys(build_id):
-            pipe.expire(key, keys.BUILD_TTL_SECONDS)
-        pipe.delete(keys.secrets(build_id))
+        self._expire_keys(pipe, build_id)
         pipe.execute()
 
     def emit(self, build_id: str, event_type: str, **fields: str) -> None:
@@ -492,6 +488,12 @@ class BuildStore:
             for event_id, raw in entries:
                 fields = {k.decode(): v.decode() for k, v in raw.items()}
                 yield Event(event_id.decode(), fields.get("type", ""), fields)
+
+    def _expire_keys(self, pipe: redis.client.Pipeline, build_id: str) -> None:
+        """Queue on `pipe` the expiry of a build's keys and the deletion of its secrets."""
+        for key in self._build_keys(build_id):
+            pipe.expire(key, keys.BUILD_TTL_SECONDS)
+        pipe.delete(keys.secrets(build_id))
 
     def _build_keys(self, build_id: str) -> list[str]:
         names = [
